@@ -1,0 +1,86 @@
+"""flax-transformer: the Transformer of *Attention Is All You Need* in JAX and Flax linen.
+
+Pure functions (attention, masks, positional encodings), linen modules built on them, and
+jitted apply functions for users who do not want to touch linen:
+
+    import jax, jax.numpy as jnp
+    import flax_transformer as ft
+
+    config = ft.TransformerConfig.tiny()
+    params = ft.init_params(config, jax.random.key(0))
+    source = jnp.array([[5, 6, 7, 0]])            # 0 is padding
+    decoder_input = jnp.array([[1, 8, 9]])        # start token, then the target shifted right
+    logits = ft.forward(config, params, source, decoder_input)   # [1, 3, vocab_size]
+"""
+
+from flax_transformer.api import (
+    attention_weights,
+    check_tokens,
+    count_params,
+    decode,
+    encode,
+    forward,
+    init_params,
+)
+from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
+from flax_transformer.config import TransformerConfig
+from flax_transformer.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    MultiHeadAttention,
+    PositionEmbedding,
+    TokenEmbedding,
+)
+from flax_transformer.masks import (
+    causal_mask,
+    combine_masks,
+    cross_attention_mask,
+    decoder_self_attention_mask,
+    encoder_self_attention_mask,
+    padding_mask,
+    segment_mask,
+)
+from flax_transformer.model import (
+    Decoder,
+    Encoder,
+    Transformer,
+    stack_layer_params,
+    unstack_layer_params,
+)
+from flax_transformer.positional import sinusoidal_encoding_at, sinusoidal_position_encoding
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decoder",
+    "DecoderLayer",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "TokenEmbedding",
+    "Transformer",
+    "TransformerConfig",
+    "attention_weights",
+    "causal_mask",
+    "check_tokens",
+    "combine_masks",
+    "count_params",
+    "cross_attention_mask",
+    "decode",
+    "decoder_self_attention_mask",
+    "encode",
+    "encoder_self_attention_mask",
+    "forward",
+    "fused_dot_product_attention",
+    "init_params",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "segment_mask",
+    "sinusoidal_encoding_at",
+    "sinusoidal_position_encoding",
+    "stack_layer_params",
+    "unstack_layer_params",
+]

@@ -1,0 +1,38 @@
+"""Shared test set-up: small hypothesis budgets (each example may compile) and common helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "project",
+    max_examples=25,
+    deadline=None,  # the first example of a shape compiles; wall-clock deadlines would be flaky
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,  # the same examples every run: CI failures reproduce locally
+)
+settings.load_profile("project")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def random_tokens(
+    rng: np.random.Generator,
+    batch: int,
+    length: int,
+    vocab: int,
+    pad_id: int = 0,
+    min_length: int = 1,
+) -> np.ndarray:
+    """int32 [batch, length] ids in [1, vocab) (avoiding pad), right-padded to random lengths."""
+    ids = rng.integers(0, vocab - 1, size=(batch, length))
+    ids = np.where(ids >= pad_id, ids + 1, ids)  # skip pad_id
+    lengths = rng.integers(min_length, length + 1, size=batch)
+    lengths[0] = length  # at least one row without padding
+    ids[np.arange(length)[None, :] >= lengths[:, None]] = pad_id
+    return ids.astype(np.int32)
