@@ -16,6 +16,7 @@ them (see `flax_transformer.masks`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -163,13 +164,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         cfg = self.config
-        hidden = nn.Dense(cfg.d_ff, dtype=cfg.compute_dtype, kernel_init=dense_init, name="hidden")(
-            inputs
-        )
-        hidden = ACTIVATIONS[cfg.activation](hidden)
-        return nn.Dense(
-            cfg.d_model, dtype=cfg.compute_dtype, kernel_init=dense_init, name="output"
-        )(hidden)
+        dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, kernel_init=dense_init)
+        hidden = ACTIVATIONS[cfg.activation](dense(cfg.d_ff, name="hidden")(inputs))
+        return dense(cfg.d_model, name="output")(hidden)
 
 
 def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -167,16 +168,14 @@ def test_scan_equals_unrolled_with_the_same_weights(rng, norm_position):
         atol=1e-5,
     )
     round_trip = ft.unstack_layer_params(stacked)
-    jax.tree.map(np.testing.assert_array_equal, round_trip, params)
+    chex.assert_trees_all_equal(round_trip, params)
 
     def loss(p, cfg):
         return Transformer(cfg).apply({"params": p}, source, target).sum()
 
     grads = jax.grad(loss)(params, config)
     scanned_grads = ft.unstack_layer_params(jax.grad(loss)(stacked, scanned_config))
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), scanned_grads, grads
-    )
+    chex.assert_trees_all_close(scanned_grads, grads, rtol=1e-4, atol=1e-5)
 
 
 def test_remat_and_fused_attention_give_the_same_logits(rng, tiny_params):
@@ -227,14 +226,14 @@ def test_training_gradients_are_finite_and_reproducible(rng, overrides):
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grad))
     again_value, again_grad = grads(params, jax.random.key(7))
     assert value == again_value
-    jax.tree.map(np.testing.assert_array_equal, grad, again_grad)
+    chex.assert_trees_all_equal(grad, again_grad)
 
 
 def test_same_seed_same_numbers_different_seed_different(rng):
     a = ft.init_params(TINY, jax.random.key(11))
     b = ft.init_params(TINY, jax.random.key(11))
     c = ft.init_params(TINY, jax.random.key(12))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
     assert not np.array_equal(
         a["shared_embedding"]["embedding"], c["shared_embedding"]["embedding"]
     )
@@ -291,3 +290,41 @@ def test_tiny_parameter_tree_has_stable_names():
     untied_shapes = jax.eval_shape(lambda: ft.init_params(untied, jax.random.key(0)))
     assert {"source_embedding", "target_embedding"} <= set(untied_shapes)
     assert untied_shapes["decoder"]["logits"]["kernel"].shape == (TINY.d_model, TINY.vocab_size)
+
+
+def test_packed_sequences_equal_separate_examples(tiny_params):
+    # Two examples packed in one row (segments 1 and 2, 0 = padding), positions restart per segment.
+    source_a, source_b = [5, 6, 7], [8, 9]
+    target_a, target_b = [1, 10], [1, 11, 12]
+    packed_source = np.array([source_a + source_b + [0]], np.int32)
+    source_segments = np.array([[1, 1, 1, 2, 2, 0]])
+    source_positions = np.array([[0, 1, 2, 0, 1, 0]])
+    packed_target = np.array([target_a + target_b + [0]], np.int32)
+    target_segments = np.array([[1, 1, 2, 2, 2, 0]])
+    target_positions = np.array([[0, 1, 0, 1, 2, 0]])
+    packed = Transformer(TINY).apply(
+        {"params": tiny_params},
+        packed_source,
+        packed_target,
+        source_positions=source_positions,
+        target_positions=target_positions,
+        source_segment_ids=source_segments,
+        target_segment_ids=target_segments,
+    )
+    alone_a = ft.forward(TINY, tiny_params, np.array([source_a]), np.array([target_a]))
+    alone_b = ft.forward(TINY, tiny_params, np.array([source_b]), np.array([target_b]))
+    np.testing.assert_allclose(packed[0, :2], alone_a[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[0, 2:5], alone_b[0], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_maps_of_a_scanned_model(rng, tiny_params):
+    config = TINY.replace(scan_layers=True, attention_implementation="fused")
+    source, target = _batch(rng)
+    _, maps = ft.attention_weights(config, ft.stack_layer_params(tiny_params), source, target)
+    _, unrolled_maps = ft.attention_weights(TINY, tiny_params, source, target)
+    assert maps["decoder/layers/cross_attention"].shape == (2, 3, TINY.num_heads, 5, 7)
+    np.testing.assert_allclose(
+        maps["decoder/layers/cross_attention"][1],
+        unrolled_maps["decoder/layer_1/cross_attention"],
+        atol=1e-6,
+    )
