@@ -45,8 +45,8 @@ def _train_step(config):
     return jax.jit(jax.value_and_grad(loss_fn))
 
 
-def throughput(preset, batch, length, steps, dtype):
-    config = ft.TransformerConfig.preset(preset, dtype=dtype)
+def throughput(preset, attention, batch, length, steps, dtype):
+    config = ft.TransformerConfig.preset(preset, dtype=dtype, attention_implementation=attention)
     params = ft.init_params(config, jax.random.key(0))
     source, decoder_input, target = _batch(config, batch, length)
     step = _train_step(config)
@@ -62,6 +62,7 @@ def throughput(preset, batch, length, steps, dtype):
     target_tokens = int((target != config.pad_id).sum())
     return dict(
         preset=preset,
+        attention=attention,
         params=ft.count_params(params),
         shape=f"{batch}x{length}",
         step_ms=seconds * 1e3,
@@ -92,6 +93,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--presets", nargs="+", default=["small", "base"])
+    parser.add_argument(
+        "--attention", nargs="+", default=["reference", "fused"], choices=["reference", "fused"]
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
@@ -108,17 +112,17 @@ def main() -> None:
     )
     if not args.skip_throughput:
         print("Forward + backward (training step without the optimizer update)")
-        print(
-            f"{'preset':<7} {'params':>8} {'batch':>7} {'step ms':>9} {'tgt tok/s':>10} "
-            f"{'compile s':>10}"
-        )
+        header = ("preset", "attention", "params", "batch", "step ms", "tgt tok/s", "compile s")
+        print("{:<7} {:<9} {:>8} {:>7} {:>9} {:>10} {:>10}".format(*header))
         for preset in args.presets:
-            row = throughput(preset, args.batch, args.length, args.steps, args.dtype)
-            print(
-                f"{row['preset']:<7} {row['params'] / 1e6:>7.1f}M {row['shape']:>7} "
-                f"{row['step_ms']:>9.1f} {row['tokens_s']:>10,.0f} {row['compile_s']:>10.1f}",
-                flush=True,
-            )
+            for attention in args.attention:
+                row = throughput(preset, attention, args.batch, args.length, args.steps, args.dtype)
+                print(
+                    f"{row['preset']:<7} {row['attention']:<9} {row['params'] / 1e6:>7.1f}M "
+                    f"{row['shape']:>7} {row['step_ms']:>9.1f} {row['tokens_s']:>10,.0f} "
+                    f"{row['compile_s']:>10.1f}",
+                    flush=True,
+                )
         print()
     if not args.skip_compile:
         print("Compile time of the training step, base width, N encoder + N decoder layers (s)")

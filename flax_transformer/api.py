@@ -155,8 +155,10 @@ def decode(
 ) -> Array:
     """One pass of the decoder over a target prefix: float32 logits [batch, tgt_len, vocab].
 
-    The logits at the last position predict the next token, so greedy decoding is repeated
-    calls with the prediction appended. `source_tokens` supplies the cross-attention padding mask.
+    The logits at position t predict token t + 1. `source_tokens` supplies the cross-attention
+    padding mask. To decode step by step with one compilation, keep `decoder_input_tokens` at a
+    fixed length (padded on the right) and read `logits[:, t]`: the causal mask makes position t
+    independent of everything after it. (Cached incremental decoding lives in decoding.py.)
     """
     _check_config(config)
     if check_inputs:

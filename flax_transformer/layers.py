@@ -175,15 +175,17 @@ def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
 
 def residual(
     config: TransformerConfig,
+    name: str,
     inputs: Array,
     sublayer: Callable[[Array], Array],
-    norm: nn.LayerNorm,
     deterministic: bool,
 ) -> Array:
     """The residual connection around a sub-layer (paper sections 3.1 and 5.4).
 
     post-LN: LayerNorm(x + Dropout(Sublayer(x)))    pre-LN: x + Dropout(Sublayer(LayerNorm(x)))
+    The LayerNorm is named f"{name}_norm" in both cases.
     """
+    norm = layer_norm(config, f"{name}_norm")
     dropout = nn.Dropout(rate=config.dropout_rate)
     if config.norm_position == "pre":
         return inputs + dropout(sublayer(norm(inputs)), deterministic=deterministic)
@@ -198,21 +200,10 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, mask: Array | None, deterministic: bool = True) -> Array:
         cfg = self.config
+        add_and_norm = functools.partial(residual, cfg, deterministic=deterministic)
         attention = MultiHeadAttention(cfg, name="self_attention")
-        x = residual(
-            cfg,
-            inputs,
-            lambda h: attention(h, h, mask, deterministic),
-            layer_norm(cfg, "self_attention_norm"),
-            deterministic,
-        )
-        return residual(
-            cfg,
-            x,
-            FeedForward(cfg, name="feed_forward"),
-            layer_norm(cfg, "feed_forward_norm"),
-            deterministic,
-        )
+        x = add_and_norm("self_attention", inputs, lambda h: attention(h, h, mask, deterministic))
+        return add_and_norm("feed_forward", x, FeedForward(cfg, name="feed_forward"))
 
 
 class DecoderLayer(nn.Module):
@@ -231,26 +222,17 @@ class DecoderLayer(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         cfg = self.config
+        add_and_norm = functools.partial(residual, cfg, deterministic=deterministic)
         self_attention = MultiHeadAttention(cfg, name="self_attention")
         cross_attention = MultiHeadAttention(cfg, name="cross_attention")
-        x = residual(
-            cfg,
+        x = add_and_norm(
+            "self_attention",
             inputs,
             lambda h: self_attention(h, h, self_attention_mask, deterministic),
-            layer_norm(cfg, "self_attention_norm"),
-            deterministic,
         )
-        x = residual(
-            cfg,
+        x = add_and_norm(
+            "cross_attention",
             x,
             lambda h: cross_attention(h, encoded, cross_attention_mask, deterministic),
-            layer_norm(cfg, "cross_attention_norm"),
-            deterministic,
         )
-        return residual(
-            cfg,
-            x,
-            FeedForward(cfg, name="feed_forward"),
-            layer_norm(cfg, "feed_forward_norm"),
-            deterministic,
-        )
+        return add_and_norm("feed_forward", x, FeedForward(cfg, name="feed_forward"))

@@ -152,3 +152,17 @@ def test_bfloat16_compute_keeps_float32_params(rng):
     assert out.dtype == jnp.bfloat16
     full = EncoderLayer(CONFIG).apply({"params": params}, x, None)
     np.testing.assert_allclose(np.float32(out), full, atol=0.1)
+
+
+def test_fused_path_in_bfloat16_matches_reference_path(rng):
+    config = CONFIG.replace(dtype="bfloat16")
+    x = jnp.asarray(_inputs(rng, 2, 6, 16))
+    mask = masks.combine_masks(masks.padding_mask(np.array([[1] * 6, [1] * 2 + [0] * 4])))
+    reference = MultiHeadAttention(config)
+    params = reference.init(jax.random.key(0), x, x, mask)["params"]
+    fused = MultiHeadAttention(config.replace(attention_implementation="fused"))
+    out = fused.apply({"params": params}, x, x, mask)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        np.float32(out), np.float32(reference.apply({"params": params}, x, x, mask)), atol=3e-2
+    )

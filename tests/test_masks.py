@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flax_transformer import masks
 
@@ -89,3 +91,28 @@ def test_model_masks_hand_worked():
 def test_bad_mask_inputs_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@given(
+    segments=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+    pad_positions=st.lists(st.booleans(), min_size=1, max_size=8),
+)
+def test_packed_encoder_mask_matches_its_definition(segments, pad_positions):
+    length = min(len(segments), len(pad_positions))
+    segment_ids = np.array([segments[:length]])
+    tokens = np.where(np.array([pad_positions[:length]]), 0, 7)
+    mask = np.asarray(masks.encoder_self_attention_mask(tokens, 0, segment_ids))[0, 0]
+    for q in range(length):
+        for k in range(length):
+            allowed = tokens[0, k] != 0 and segment_ids[0, q] == segment_ids[0, k]
+            assert mask[q, k] == allowed
+
+
+@given(length=st.integers(1, 10), segments=st.lists(st.integers(1, 3), min_size=10, max_size=10))
+def test_packed_decoder_mask_matches_its_definition(length, segments):
+    segment_ids = np.array([sorted(segments)[:length]])
+    mask = np.asarray(masks.decoder_self_attention_mask(length, segment_ids))
+    assert mask.shape == (1, 1, length, length)
+    for q in range(length):
+        for k in range(length):
+            assert mask[0, 0, q, k] == (k <= q and segment_ids[0, q] == segment_ids[0, k])
