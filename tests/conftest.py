@@ -19,20 +19,3 @@ settings.load_profile("project")
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
-
-
-def random_tokens(
-    rng: np.random.Generator,
-    batch: int,
-    length: int,
-    vocab: int,
-    pad_id: int = 0,
-    min_length: int = 1,
-) -> np.ndarray:
-    """int32 [batch, length] ids in [1, vocab) (avoiding pad), right-padded to random lengths."""
-    ids = rng.integers(0, vocab - 1, size=(batch, length))
-    ids = np.where(ids >= pad_id, ids + 1, ids)  # skip pad_id
-    lengths = rng.integers(min_length, length + 1, size=batch)
-    lengths[0] = length  # at least one row without padding
-    ids[np.arange(length)[None, :] >= lengths[:, None]] = pad_id
-    return ids.astype(np.int32)

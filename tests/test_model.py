@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_tokens
+from helpers import random_tokens
 from numpy_reference import transformer_logits
 
 import flax_transformer as ft
