@@ -14,12 +14,16 @@ import dataclasses
 import json
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-ACTIVATIONS = ("relu", "gelu")
+from flax_transformer.positional import LAYOUTS as SINUSOID_LAYOUTS
+
+# Feed-forward activations by name (paper: ReLU, section 3.3). Defined here, beside the field
+# that names them, so validation and the layers read one table.
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
 NORM_POSITIONS = ("post", "pre")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
-SINUSOID_LAYOUTS = ("interleaved", "halves")
 ATTENTION_IMPLEMENTATIONS = ("reference", "fused")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -131,7 +135,7 @@ class TransformerConfig:
                 f"got {self.layer_norm_epsilon!r}"
             )
         choices = {
-            "activation": ACTIVATIONS,
+            "activation": tuple(ACTIVATIONS),
             "norm_position": NORM_POSITIONS,
             "positional_encoding": POSITIONAL_ENCODINGS,
             "sinusoid_layout": SINUSOID_LAYOUTS,

@@ -24,17 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
-from flax_transformer.config import TransformerConfig
+from flax_transformer.config import ACTIVATIONS, TransformerConfig
 
 Array = jax.Array
 
 # Glorot/Xavier uniform for every projection, as in tensor2tensor and the Annotated Transformer.
 dense_init = nn.initializers.xavier_uniform()
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": nn.relu,
-    "gelu": nn.gelu,
-}
 
 
 class TokenEmbedding(nn.Module):

@@ -28,6 +28,7 @@ from flax_transformer.layers import (
     EncoderLayer,
     PositionEmbedding,
     TokenEmbedding,
+    dense_init,
     layer_norm,
 )
 from flax_transformer.positional import sinusoidal_encoding_at
@@ -144,7 +145,7 @@ class Decoder(nn.Module):
         logits = nn.Dense(
             cfg.vocab_size,
             dtype=cfg.compute_dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
+            kernel_init=dense_init,
             name="logits",
         )(y)
         return logits.astype(jnp.float32)

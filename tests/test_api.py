@@ -98,9 +98,14 @@ def test_readme_example_runs_as_written():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "<!-- test-command -->" in readme and "test-command" in ci
+    (extract,) = re.findall(r"^test_command=\$\((.*)\)$", ci, re.M)
+    extracted = subprocess.run(
+        ["bash", "-c", extract], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.strip()
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- test-command -->\n```bash\n", 1)[1].split("\n```", 1)[0]
+    assert extracted == block and "pytest" in extracted
 
 
 def test_demo_runs():
