@@ -24,6 +24,7 @@ from flax_transformer.api import (
 )
 from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
 from flax_transformer.config import TransformerConfig
+from flax_transformer.decoding import greedy_decode
 from flax_transformer.layers import (
     DecoderLayer,
     EncoderLayer,
@@ -48,11 +49,31 @@ from flax_transformer.model import (
     stack_layer_params,
     unstack_layer_params,
 )
+from flax_transformer.parallel import DataParallel
 from flax_transformer.positional import sinusoidal_encoding_at, sinusoidal_position_encoding
+from flax_transformer.training import (
+    TrainState,
+    create_train_state,
+    eval_step,
+    make_optimizer,
+    summarize_metrics,
+    train_step,
+    transformer_schedule,
+    with_cooldown,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataParallel",
+    "TrainState",
+    "create_train_state",
+    "eval_step",
+    "greedy_decode",
+    "make_optimizer",
+    "summarize_metrics",
+    "train_step",
+    "transformer_schedule",
     "Decoder",
     "DecoderLayer",
     "Encoder",
@@ -83,4 +104,5 @@ __all__ = [
     "sinusoidal_position_encoding",
     "stack_layer_params",
     "unstack_layer_params",
+    "with_cooldown",
 ]

@@ -1,0 +1,316 @@
+"""Training: the loss, the learning-rate schedule, the optimizer, the train state and the steps.
+
+    loss         cross-entropy against label-smoothed targets (paper section 5.4, epsilon 0.1),
+                 padding excluded, normalised per non-pad target token; written for one example
+                 and lifted over the batch with `jax.vmap`
+    schedule     lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (paper section 5.3)
+    optimizer    Adam with beta1 0.9, beta2 0.98, epsilon 1e-9 (5.3); optional clipping, decay
+    TrainState   params, optimizer state, step and the dropout key: everything a step changes
+    train_step   one pure update; `eval_step` the same metrics without the update
+
+A batch is a dict of int32 arrays: "source" [b, s], "decoder_input" [b, t] (start token then the
+target shifted right) and "target" [b, t]; packed batches add "source_segment_ids",
+"target_segment_ids", "source_positions" and "target_positions". Positions where "target" is the
+pad id carry no loss.
+
+Steps return metric *sums* over the batch ("loss_sum", "nll_sum", "correct", "tokens"), not means:
+sums add up exactly across steps and devices, and `summarize_metrics` divides once at the end.
+
+Data parallelism (`flax_transformer.parallel`) reuses these steps: with `axis_name` set (inside
+`jax.pmap`) token counts and gradients are summed over devices, so every device applies the update
+the single-device step would apply to the whole global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from flax_transformer.api import init_params
+from flax_transformer.config import TransformerConfig
+from flax_transformer.model import Transformer
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Metrics = dict[str, Array]
+
+# Batch keys that the model takes as keyword arguments when present (packed batches).
+_PACKING_KEYS = ("source_positions", "target_positions", "source_segment_ids", "target_segment_ids")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss (paper section 5.4: label smoothing of value 0.1)
+# ---------------------------------------------------------------------------------------------
+def example_loss(
+    logits: Array, targets: Array, weights: Array, label_smoothing: float = 0.1
+) -> Metrics:
+    """Loss sums for one example: logits [t, vocab], targets [t] int, weights [t] (1 = counted).
+
+    The smoothed target distribution is (1 - epsilon) * one_hot(target) + epsilon / vocab
+    (uniform over the whole vocabulary, as in Szegedy et al. 2016, which the paper cites).
+    Returns the summed smoothed cross-entropy, the summed plain negative log-likelihood, the
+    number of correctly predicted tokens (argmax) and the number of counted tokens.
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target_log_probs = jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
+    nll = -target_log_probs
+    uniform_cross_entropy = -jnp.mean(log_probs, axis=-1)
+    smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform_cross_entropy
+    weights = weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(smoothed * weights),
+        "nll_sum": jnp.sum(nll * weights),
+        "correct": jnp.sum(correct * weights),
+        "tokens": jnp.sum(weights),
+    }
+
+
+def batch_loss_sums(
+    logits: Array, targets: Array, weights: Array, label_smoothing: float = 0.1
+) -> Metrics:
+    """`example_loss` lifted over the batch with vmap, then summed over examples."""
+    per_example = jax.vmap(example_loss, in_axes=(0, 0, 0, None))(
+        logits, targets, weights, label_smoothing
+    )
+    return jax.tree.map(jnp.sum, per_example)
+
+
+def target_weights(batch: Batch, pad_id: int) -> Array:
+    """1.0 where a target token counts towards the loss (not padding), else 0.0."""
+    return (batch["target"] != pad_id).astype(jnp.float32)
+
+
+def summarize_metrics(metrics: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Metric sums (one dict, or many to add up) -> per-token means, on the host.
+
+    Returns loss (smoothed cross-entropy per token), nll, perplexity = exp(nll), accuracy and the
+    token count; any other keys (e.g. "grad_norm", "exact_match") are averaged over the dicts.
+    """
+    if isinstance(metrics, Mapping):
+        metrics = [metrics]
+    metrics = [jax.device_get(dict(m)) for m in metrics]
+    if not metrics:
+        raise ValueError("summarize_metrics needs at least one metrics dict")
+    totals = {key: float(np.sum([np.sum(m[key]) for m in metrics])) for key in metrics[0]}
+    tokens = max(totals.get("tokens", 0.0), 1.0)
+    summary: dict[str, float] = {}
+    if "loss_sum" in totals:
+        summary["loss"] = totals["loss_sum"] / tokens
+        summary["nll"] = totals["nll_sum"] / tokens
+        summary["perplexity"] = float(np.exp(min(summary["nll"], 50.0)))
+        summary["accuracy"] = totals["correct"] / tokens
+        summary["tokens"] = totals["tokens"]
+    sums = {"loss_sum", "nll_sum", "correct", "tokens"}
+    for key in totals.keys() - sums:
+        summary[key] = totals[key] / len(metrics)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate and optimizer (paper section 5.3)
+# ---------------------------------------------------------------------------------------------
+def transformer_schedule(
+    d_model: int, warmup_steps: int = 4000, scale: float = 1.0
+) -> Callable[[Array], Array]:
+    """The paper's schedule: scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
+
+    Linear warm-up for `warmup_steps`, then decay with the inverse square root of the step.
+    Optax counts updates from 0; the paper counts steps from 1, so update n uses step n + 1
+    (the first update does not get a learning rate of 0). `scale` multiplies the whole curve
+    (1.0 is the paper).
+    """
+    if warmup_steps <= 0:
+        raise ValueError(f"warmup_steps must be positive, got {warmup_steps}")
+    if d_model <= 0:
+        raise ValueError(f"d_model must be positive, got {d_model}")
+
+    def schedule(count: Array) -> Array:
+        step = jnp.asarray(count, jnp.float32) + 1.0
+        return scale * d_model**-0.5 * jnp.minimum(step**-0.5, step * warmup_steps**-1.5)
+
+    return schedule
+
+
+def with_cooldown(
+    schedule: Callable[[Array], Array], total_steps: int, cooldown_steps: int
+) -> Callable[[Array], Array]:
+    """`schedule`, multiplied by a linear ramp from 1 to 0 over the last `cooldown_steps` updates.
+
+    Not in the paper (its rate decays only as step^-0.5). A short run ends far from a minimum
+    with that rate's noise; cooling down to zero removes the noise (the paper instead averages
+    the last checkpoints). `cooldown_steps=0` returns `schedule` unchanged.
+    """
+    if not 0 <= cooldown_steps <= total_steps:
+        raise ValueError(
+            f"cooldown_steps must be in [0, total_steps={total_steps}], got {cooldown_steps}"
+        )
+    if cooldown_steps == 0:
+        return schedule
+
+    def cooled(count: Array) -> Array:
+        remaining = (total_steps - jnp.asarray(count, jnp.float32)) / cooldown_steps
+        return schedule(count) * jnp.clip(remaining, 0.0, 1.0)
+
+    return cooled
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay applies to kernels and embeddings, not to biases or LayerNorm scales.
+
+    Decided by the parameter's name, not its rank: attention biases are [heads, d_k] and scanned
+    stacks give every parameter a leading layer axis.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: getattr(path[-1], "key", None) not in ("bias", "scale"), params
+    )
+
+
+def make_optimizer(
+    learning_rate: float | Callable[[Array], Array],
+    *,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-9,
+    clip_norm: float | None = None,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """Adam with the paper's hyperparameters; optional global-norm clipping and weight decay.
+
+    With `weight_decay` > 0 this is AdamW (decoupled decay, matrices only).
+    """
+    if clip_norm is not None and clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay > 0:
+        adam = optax.adamw(
+            learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask
+        )
+    else:
+        adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    if clip_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state and steps
+# ---------------------------------------------------------------------------------------------
+class TrainState(train_state.TrainState):
+    """flax's TrainState (step, params, optimizer state; apply_fn and tx static) plus the key
+    that dropout is drawn from. The key is raw uint32 key data so checkpoints can store it; each
+    step folds in the step number (and the device index under pmap), so no key is ever reused.
+    """
+
+    dropout_key: Array
+
+
+@functools.lru_cache(maxsize=32)
+def _apply_fn(config: TransformerConfig) -> Callable[..., Any]:
+    # One apply function per config: TrainState keeps it as a static field, and a new bound
+    # method per state would make a jitted step recompile for every new or restored state.
+    return Transformer(config).apply
+
+
+def create_train_state(
+    config: TransformerConfig,
+    optimizer: optax.GradientTransformation,
+    rng: Array,
+) -> TrainState:
+    """Initialise params from `rng` and wrap them with `optimizer` into a TrainState."""
+    params_key, dropout_key = jax.random.split(rng)
+    params = init_params(config, params_key)
+    return TrainState.create(
+        apply_fn=_apply_fn(config),
+        params=params,
+        tx=optimizer,
+        dropout_key=jax.random.key_data(dropout_key),
+    )
+
+
+def _model_kwargs(batch: Batch) -> dict[str, Array]:
+    return {key: batch[key] for key in _PACKING_KEYS if key in batch}
+
+
+def _step_dropout_key(state: TrainState, axis_name: str | None) -> Array:
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    return key
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    pad_id: int = 0,
+    label_smoothing: float = 0.1,
+    axis_name: str | None = None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer update on `batch`; returns the new state and the batch's metric sums.
+
+    The gradient is that of (summed smoothed loss) / (non-pad target tokens in the global batch).
+    Under `jax.pmap(..., axis_name=axis_name)` the token count and the gradients are summed over
+    devices (equivalently: averaged with pmean after scaling by the device count), which makes the
+    update identical to the single-device update on the whole batch even when devices hold
+    different numbers of tokens. Each device draws a different dropout mask.
+    Pure and free of host synchronisation: jit it (or pmap it) once.
+    """
+    weights = target_weights(batch, pad_id)
+    tokens = jnp.sum(weights)
+    if axis_name is not None:
+        tokens = jax.lax.psum(tokens, axis_name)
+    dropout_key = _step_dropout_key(state, axis_name)
+
+    def loss_fn(params: Any) -> tuple[Array, Metrics]:
+        logits = state.apply_fn(
+            {"params": params},
+            batch["source"],
+            batch["decoder_input"],
+            deterministic=False,
+            rngs={"dropout": dropout_key},
+            **_model_kwargs(batch),
+        )
+        sums = batch_loss_sums(logits, batch["target"], weights, label_smoothing)
+        return sums["loss_sum"] / jnp.maximum(tokens, 1.0), sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.psum(grads, axis_name)
+        sums = jax.lax.psum(sums, axis_name)
+    new_state = state.apply_gradients(grads=grads)
+    metrics = dict(sums, grad_norm=optax.tree_utils.tree_norm(grads))
+    return new_state, metrics
+
+
+def eval_step(
+    state_or_params: TrainState | Any,
+    batch: Batch,
+    *,
+    config: TransformerConfig,
+    label_smoothing: float = 0.1,
+    axis_name: str | None = None,
+) -> Metrics:
+    """Metric sums of the deterministic model on `batch` (no update)."""
+    params = getattr(state_or_params, "params", state_or_params)
+    logits = Transformer(config).apply(
+        {"params": params},
+        batch["source"],
+        batch["decoder_input"],
+        deterministic=True,
+        **_model_kwargs(batch),
+    )
+    sums = batch_loss_sums(
+        logits, batch["target"], target_weights(batch, config.pad_id), label_smoothing
+    )
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums

@@ -1,0 +1,300 @@
+"""The built-in number-words dataset, its vocabulary and its TensorFlow-free input pipeline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.data import (
+    SPLIT_SIZES,
+    NumberWords,
+    encode_example,
+    eval_batches,
+    generate_examples,
+    max_lengths,
+    number_to_words,
+    number_words_vocabulary,
+    prepare_number_words,
+    split_numbers,
+    train_batches,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# 9 digits + eos; 14 words ("seven hundred seventy seven million ... seventy seven") + eos.
+SOURCE_LEN, TARGET_LEN = 10, 15
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tfds")
+    prepare_number_words(path)  # a few seconds: prepared once for the whole module
+    return path
+
+
+@pytest.fixture(scope="module")
+def builder(data_dir: Path) -> NumberWords:
+    return prepare_number_words(data_dir)  # reuses the prepared files
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return number_words_vocabulary()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- number_to_words --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "number, words",
+    [
+        (0, "zero"),
+        (7, "seven"),
+        (10, "ten"),
+        (13, "thirteen"),
+        (20, "twenty"),
+        (21, "twenty one"),
+        (99, "ninety nine"),
+        (100, "one hundred"),
+        (101, "one hundred one"),
+        (110, "one hundred ten"),
+        (115, "one hundred fifteen"),
+        (999, "nine hundred ninety nine"),
+        (1000, "one thousand"),
+        (1001, "one thousand one"),
+        (1010, "one thousand ten"),
+        (12345, "twelve thousand three hundred forty five"),
+        (40712, "forty thousand seven hundred twelve"),
+        (100000, "one hundred thousand"),
+        (1000000, "one million"),
+        (1000001, "one million one"),
+        (20000300, "twenty million three hundred"),
+        (
+            999999999,
+            "nine hundred ninety nine million nine hundred ninety nine thousand"
+            " nine hundred ninety nine",
+        ),
+    ],
+)
+def test_number_to_words(number: int, words: str):
+    assert number_to_words(number) == words
+
+
+@pytest.mark.parametrize("number", [-1, 10**9])
+def test_number_to_words_rejects_out_of_range(number: int):
+    with pytest.raises(ValueError, match="0 <= n < 1_000_000_000"):
+        number_to_words(number)
+
+
+# --- vocabulary -------------------------------------------------------------------------------
+
+
+def test_vocabulary_layout(vocabulary):
+    tokens = vocabulary.tokens
+    assert tokens[:4] == ["<pad>", "<s>", "</s>", "<unk>"]
+    assert (vocabulary.pad_id, vocabulary.bos_id, vocabulary.eos_id, vocabulary.unk_id) == (
+        0,
+        1,
+        2,
+        3,
+    )
+    assert tokens[4:14] == list("0123456789")
+    assert tokens[14:16] == ["zero", "one"] and tokens[-3:] == ["hundred", "thousand", "million"]
+    assert vocabulary.vocab_size == len(tokens) == 45
+
+
+def test_vocabulary_round_trips_validation_and_train(builder, vocabulary):
+    validation = builder.as_data_source(split="validation")
+    train = builder.as_data_source(split="train")
+    examples = [validation[i] for i in range(len(validation))]
+    examples += [train[i] for i in range(0, len(train), len(train) // 300)]
+    for example in examples:
+        for text in map(_text, example.values()):
+            ids = vocabulary.encode(text)
+            assert vocabulary.unk_id not in ids, text
+            assert vocabulary.decode(ids) == text
+
+
+def test_vocabulary_unknown_tokens_and_decode_rules(vocabulary):
+    forty, apples = vocabulary.encode("forty apples")
+    assert vocabulary.tokens[forty] == "forty" and apples == vocabulary.unk_id
+    assert vocabulary.encode("40712") == [vocabulary.tokens.index(d) for d in "40712"]
+    # Stops at the first eos; skips pad and bos; digits glued, words spaced.
+    ids = [vocabulary.bos_id, *vocabulary.encode("12 thousand"), vocabulary.eos_id]
+    ids += vocabulary.encode("seven") + [vocabulary.pad_id]
+    assert vocabulary.decode(ids) == "12 thousand"
+    assert vocabulary.decode(np.array([vocabulary.pad_id, *vocabulary.encode("4 0")])) == "40"
+    assert vocabulary.decode([vocabulary.vocab_size + 5]) == "<unk>"
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+def test_split_numbers_are_disjoint_cover_all_lengths_and_are_deterministic():
+    numbers = split_numbers()
+    assert {split: len(numbers[split]) for split in numbers} == SPLIT_SIZES
+    train, validation, test = (set(numbers[s].tolist()) for s in ("train", "validation", "test"))
+    assert len(train) == SPLIT_SIZES["train"]  # distinct within the split too
+    assert not train & validation and not train & test and not validation & test
+    assert min(validation | test) >= 100
+    assert set(range(100)) <= train  # every 1- and 2-digit number is trained on
+    assert {len(str(n)) for n in train} == set(range(1, 10))
+
+    again = split_numbers()
+    for split in numbers:
+        np.testing.assert_array_equal(numbers[split], again[split])
+    first = list(generate_examples(numbers["validation"][:50]))
+    assert first == list(generate_examples(again["validation"][:50]))
+    assert first[0] == (
+        int(numbers["validation"][0]),
+        {"source": str(numbers["validation"][0]), "target": number_to_words(first[0][0])},
+    )
+    assert not np.array_equal(split_numbers(seed=1)["test"], numbers["test"])
+
+
+def test_prepared_splits_hold_the_generated_examples(data_dir, builder):
+    assert prepare_number_words(data_dir).info.splits["train"].num_examples == SPLIT_SIZES["train"]
+    numbers = split_numbers()
+    for split, size in SPLIT_SIZES.items():
+        assert builder.info.splits[split].num_examples == size
+    for split in ("validation", "test"):
+        source = builder.as_data_source(split=split)
+        records = [source[i] for i in range(len(source))]
+        assert {_text(r["source"]) for r in records} == {str(n) for n in numbers[split]}
+        assert all(_text(r["target"]) == number_to_words(int(r["source"])) for r in records)
+    assert builder.info.supervised_keys == ("source", "target")
+
+
+def test_data_is_read_without_tensorflow(data_dir):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from train.data import eval_batches, number_words_vocabulary, prepare_number_words
+
+        builder = prepare_number_words({str(data_dir)!r})
+        batches = eval_batches(
+            builder.as_data_source(split="test"), number_words_vocabulary(),
+            batch_size=4, source_len={SOURCE_LEN}, target_len={TARGET_LEN},
+        )
+        assert batches[0]["source"].shape == (4, {SOURCE_LEN})
+        assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def _examples(numbers) -> list[dict[str, str]]:
+    return [{"source": str(n), "target": number_to_words(n)} for n in numbers]
+
+
+def test_encode_example_layout(vocabulary):
+    row = encode_example({"source": b"21", "target": b"twenty one"}, vocabulary, 4, 5)
+    twenty, one = vocabulary.encode("twenty one")
+    two, one_digit = vocabulary.encode("21")
+    pad, bos, eos = vocabulary.pad_id, vocabulary.bos_id, vocabulary.eos_id
+    np.testing.assert_array_equal(row["source"], [two, one_digit, eos, pad])
+    np.testing.assert_array_equal(row["decoder_input"], [bos, twenty, one, pad, pad])
+    np.testing.assert_array_equal(row["target"], [twenty, one, eos, pad, pad])
+    assert all(array.dtype == np.int32 for array in row.values())
+
+
+def test_encode_example_rejects_overlong_sequences(vocabulary):
+    example = {"source": "40712", "target": "forty thousand seven hundred twelve"}
+    with pytest.raises(ValueError, match=r"source is 6 tokens long .* source_len=5"):
+        encode_example(example, vocabulary, source_len=5, target_len=6)
+    with pytest.raises(ValueError, match=r"target is 6 tokens long .* target_len=5"):
+        encode_example(example, vocabulary, source_len=6, target_len=5)
+    encode_example(example, vocabulary, source_len=6, target_len=6)  # exactly fits
+
+
+def test_train_batches_shapes_and_shift(builder, vocabulary):
+    batches = train_batches(
+        builder.as_data_source(split="train"),
+        vocabulary,
+        batch_size=8,
+        source_len=SOURCE_LEN,
+        target_len=TARGET_LEN,
+        seed=0,
+    )
+    batch = batches[3]
+    assert {key: (array.shape, array.dtype) for key, array in batch.items()} == {
+        "source": ((8, SOURCE_LEN), np.int32),
+        "decoder_input": ((8, TARGET_LEN), np.int32),
+        "target": ((8, TARGET_LEN), np.int32),
+    }
+    target, decoder_input = batch["target"], batch["decoder_input"]
+    assert (decoder_input[:, 0] == vocabulary.bos_id).all()
+    # decoder_input is target shifted right by one: bos first, and eos is not fed back.
+    shifted = np.where(target[:, :-1] == vocabulary.eos_id, vocabulary.pad_id, target[:, :-1])
+    np.testing.assert_array_equal(decoder_input[:, 1:], shifted)
+    for name in ("source", "target"):
+        lengths = (batch[name] != vocabulary.pad_id).sum(axis=1)
+        assert (batch[name][np.arange(8), lengths - 1] == vocabulary.eos_id).all()
+        assert ((batch[name] == vocabulary.eos_id).sum(axis=1) == 1).all()
+    for source, target in zip(batch["source"], batch["target"], strict=True):
+        number = int(vocabulary.decode(source))
+        assert vocabulary.decode(target) == number_to_words(number)
+
+
+def test_train_batches_are_a_function_of_step_and_cover_each_epoch(vocabulary):
+    examples = _examples(range(1000, 1010))  # 10 examples, batches of 4: batches span epochs
+    make = lambda seed: train_batches(  # noqa: E731
+        examples, vocabulary, batch_size=4, source_len=5, target_len=8, seed=seed
+    )
+    batches = make(seed=7)
+    steps = range(10)  # 40 examples = 4 epochs
+    for step in (0, 5, 9, 123_456):
+        for key, array in batches[step].items():
+            np.testing.assert_array_equal(array, make(seed=7)[step][key])
+    stream = [vocabulary.decode(row) for step in steps for row in batches[step]["source"]]
+    epochs = [stream[i : i + 10] for i in range(0, 40, 10)]
+    for epoch in epochs:
+        assert sorted(epoch) == [example["source"] for example in examples]
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled across epochs
+    other_seed = [vocabulary.decode(row) for row in make(seed=8)[0]["source"]]
+    assert other_seed != stream[:4]
+
+
+def test_eval_batches_fill_the_last_batch(vocabulary):
+    examples = _examples([5, 60, 700, 8000, 90000])
+    batches = eval_batches(examples, vocabulary, batch_size=2, source_len=6, target_len=5)
+    assert len(batches) == 3
+    in_order = [vocabulary.decode(row) for i in range(2) for row in batches[i]["source"]]
+    assert in_order == ["5", "60", "700", "8000"]
+    last = batches[2]
+    np.testing.assert_array_equal(last["example_mask"], [1, 0])
+    assert last["example_mask"].dtype == np.int32
+    assert vocabulary.decode(last["source"][0]) == "90000"
+    for key in ("source", "decoder_input", "target"):
+        assert last[key].shape == batches[0][key].shape
+        assert (last[key][1] == vocabulary.pad_id).all()
+    assert [batch["example_mask"].sum() for batch in batches] == [2, 2, 1]  # iterable too
+
+
+def test_batch_size_must_be_positive(vocabulary):
+    shapes = dict(source_len=4, target_len=4)
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        train_batches(_examples([1]), vocabulary, batch_size=0, seed=0, **shapes)
+    with pytest.raises(ValueError, match="batch_size must be positive, got -1"):
+        eval_batches(_examples([1]), vocabulary, batch_size=-1, **shapes)
+
+
+def test_max_lengths(builder, vocabulary):
+    assert max_lengths(_examples([7, 40712, 777]), vocabulary) == (6, 6)
+    # Test numbers reach 9 digits; the longest possible target is 14 words.
+    source_len, target_len = max_lengths(builder.as_data_source(split="test"), vocabulary)
+    assert source_len == SOURCE_LEN and target_len <= TARGET_LEN

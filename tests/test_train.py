@@ -1,0 +1,246 @@
+"""The training entry point: a tiny end-to-end run, exact resume after SIGKILL, Ctrl-C, refusals.
+
+The built-in dataset is prepared once per module in a temporary TFDS data_dir. The resume and
+interrupt tests run `python -m train` in subprocesses, as a user does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from train import data
+from train.checkpoints import Checkpointer, CheckpointMismatchError
+from train.configs import default as default_config
+from train.metric_writers import read_metrics
+
+# A tiny model and short intervals: every test here trains for seconds.
+TINY_OVERRIDES = {
+    "model.d_model": 32,
+    "model.num_heads": 4,
+    "model.num_encoder_layers": 1,
+    "model.num_decoder_layers": 1,
+    "model.d_ff": 64,
+    "batch_size": 16,
+    "eval_batch_size": 200,
+    "warmup_steps": 10,
+    "cooldown_steps": 0,
+    "num_train_steps": 12,
+    "log_every_steps": 4,
+    "eval_every_steps": 6,
+    "checkpoint_every_steps": 6,
+    "num_validation_examples": 50,
+    "num_samples": 1,
+    "parallel": "single",
+    "progress_bar": False,
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("tfds")
+    data.prepare_number_words(directory)
+    return str(directory)
+
+
+def tiny_config(data_dir: str, **overrides: object):
+    config = default_config.get_config()
+    for key, value in {**TINY_OVERRIDES, "data_dir": data_dir, **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def command_line(workdir: str, data_dir: str, **overrides: object) -> list[str]:
+    values = {**TINY_OVERRIDES, "data_dir": data_dir, **overrides}
+    return [sys.executable, "-m", "train", f"--workdir={workdir}"] + [
+        f"--config.{key}={value}" for key, value in values.items()
+    ]
+
+
+def restored_state(workdir: str, step: int) -> dict:
+    """The raw saved state arrays of a checkpoint, read without a target (numpy)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path)
+
+
+def assert_trees_identical(left: dict, right: dict) -> None:
+    import jax
+
+    left_leaves = jax.tree_util.tree_leaves_with_path(left)
+    right_leaves = jax.tree_util.tree_leaves_with_path(right)
+    assert [path for path, _ in left_leaves] == [path for path, _ in right_leaves]
+    for (path, a), (_, b) in zip(left_leaves, right_leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def wait_for_checkpoint(workdir: str, process: subprocess.Popen, timeout: float = 120) -> int:
+    """Poll until a finished checkpoint exists in workdir (orbax renames it when complete)."""
+    directory = os.path.join(workdir, "checkpoints")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.isdir(directory):
+            steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+            if steps:
+                return max(steps)
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no checkpoint appeared in time")
+
+
+# ---------------------------------------------------------------------------------------------
+def test_tiny_run_writes_metrics_checkpoints_and_learns(data_dir: str, tmp_path) -> None:
+    from train.train import train_and_evaluate
+
+    config = tiny_config(data_dir, num_train_steps=60, eval_every_steps=30)
+    result = train_and_evaluate(config, str(tmp_path))
+    assert not result.interrupted and result.step == 60
+    records = read_metrics(tmp_path)
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(4, 61, 4))
+    assert train_records[-1]["loss"] < train_records[0]["loss"]  # it learns something
+    assert {"loss", "nll", "accuracy", "learning_rate", "target_tokens_per_second"} <= set(
+        train_records[-1]
+    )
+    validation = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [30, 60]
+    assert validation[-1]["examples"] == 50
+    assert result.test["examples"] == data.SPLIT_SIZES["test"]
+    assert 0.0 <= result.test["exact_match"] <= 1.0
+    assert os.listdir(tmp_path / "tensorboard")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["d_model"] == 32
+    assert saved["model"]["vocab_size"] == data.number_words_vocabulary().vocab_size
+    with Checkpointer(tmp_path / "checkpoints") as checkpointer:
+        assert checkpointer.latest_step() == 60
+        assert checkpointer.read_config()["model"] == saved["model"]
+
+
+def test_resuming_with_another_model_config_is_refused(data_dir: str, tmp_path) -> None:
+    from train.train import train_and_evaluate
+
+    train_and_evaluate(tiny_config(data_dir, num_train_steps=6), str(tmp_path))
+    expected = r"d_model: checkpoint has 32, this run has 16"
+    with pytest.raises(CheckpointMismatchError, match=expected):
+        train_and_evaluate(
+            tiny_config(data_dir, num_train_steps=12, **{"model.d_model": 16}), str(tmp_path)
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "config.batch_size must be positive"),
+        ("parallel", "threads", "config.parallel must be one of"),
+        ("label_smoothing", 1.0, r"config.label_smoothing must be in \[0, 1\)"),
+        ("model.num_heads", 5, "d_model .* must be divisible by num_heads"),
+        ("model.max_len", 8, "config.model.max_len is 8"),
+    ],
+)
+def test_bad_config_values_are_named(data_dir: str, tmp_path, field, value, message) -> None:
+    from train.train import train_and_evaluate
+
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny_config(data_dir, **{field: value}), str(tmp_path))
+
+
+def test_exact_resume_after_sigkill(data_dir: str, tmp_path) -> None:
+    """N steps straight == k steps, SIGKILL, resume to N: bit-identical parameters on CPU."""
+    total = 40
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    quick = {"eval_every_steps": 1000, "checkpoint_every_steps": 10}
+    subprocess.run(
+        command_line(straight, data_dir, num_train_steps=total, **quick),
+        check=True,
+        capture_output=True,
+    )
+    # A run aimed far beyond `total`, killed (no chance to clean up) once a checkpoint exists.
+    process = subprocess.Popen(
+        command_line(interrupted, data_dir, num_train_steps=100_000, **quick),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    killed_after = wait_for_checkpoint(interrupted, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed_after < total
+    resumed = subprocess.run(
+        command_line(interrupted, data_dir, num_train_steps=total, **quick),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "Resuming from step" in resumed.stdout + resumed.stderr
+    assert_trees_identical(restored_state(straight, total), restored_state(interrupted, total))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(data_dir: str, tmp_path) -> None:
+    workdir = str(tmp_path)
+    process = subprocess.Popen(
+        command_line(workdir, data_dir, num_train_steps=100_000, checkpoint_every_steps=10),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    first_checkpoint = wait_for_checkpoint(workdir, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    match = [line for line in output.splitlines() if line.startswith("Stopped at step")]
+    assert match, output
+    stopped_at = int(match[0].split()[3].rstrip(";"))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+        assert checkpointer.latest_step() == stopped_at >= first_checkpoint
+
+
+def test_checkpoints_keep_the_latest_k_plus_the_best(tmp_path) -> None:
+    """keep=2: the two latest survive, plus the lowest validation loss; older ones go."""
+    state = {"params": np.arange(3.0), "step": np.array(0, np.int32)}
+    losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: None, 5: 2.5, 6: 2.2}
+    with Checkpointer(tmp_path, keep=2) as checkpointer:
+        for step, loss in losses.items():
+            checkpointer.save(
+                step,
+                state,
+                config={"model": {}},
+                data_position={"step": step},
+                metrics=None if loss is None else {"validation_loss": loss},
+            )
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [2, 5, 6]
+        restored, position = checkpointer.restore(state, step=2)
+        np.testing.assert_array_equal(restored["params"], state["params"])
+        assert position == {"step": 2}
+        assert not checkpointer.save(6, state, config={}, data_position={})  # never overwritten
+
+
+def test_restore_errors_name_the_directory(tmp_path) -> None:
+    with (
+        Checkpointer(tmp_path / "empty") as checkpointer,
+        pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"),
+    ):
+        checkpointer.read_config()
+
+
+def test_help_lists_the_flags_and_config_fields() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--help"], capture_output=True, text=True
+    )  # absl exits with status 1 after --help
+    for expected in ("--workdir", "--config.X=V", "num_train_steps = 1500", "model.d_model = 256"):
+        assert expected in result.stdout

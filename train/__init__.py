@@ -1,0 +1,1 @@
+"""Training, evaluation and translation entry points built on the flax_transformer library."""

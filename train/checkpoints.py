@@ -1,0 +1,188 @@
+"""Checkpoints with orbax: save every N steps and at the end, keep the last K plus the best.
+
+A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` with three items:
+
+    state    the TrainState pytree: params, optimizer state, step, dropout key
+    config   JSON: the model config (TransformerConfig fields) and the training config
+    data     JSON: the input pipeline position. Batches are a pure function of (seed, step), so
+             the position is the number of batches consumed; resuming reads batch `step` next.
+
+Together they make resumption exact: training N steps uninterrupted and training k steps, being
+killed, then resuming to N give bit-identical parameters on CPU.
+
+Saves are asynchronous (training continues while the files are written) and atomic (orbax writes
+a temporary directory and renames it when complete), so a crash or SIGKILL mid-save leaves the
+previous checkpoints intact; `close()` waits for pending saves before the process exits.
+Retention: the latest `keep` checkpoints, plus the one with the lowest validation loss among
+those saved with metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from flax_transformer.config import TransformerConfig
+
+BEST_METRIC = "validation_loss"
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in the workdir was written for a different model config."""
+
+
+def _describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    fields = sorted(set(saved) | set(current))
+    lines = [
+        f"  {field}: checkpoint has {saved.get(field, '<absent>')!r}, "
+        f"this run has {current.get(field, '<absent>')!r}"
+        for field in fields
+        if saved.get(field) != current.get(field)
+    ]
+    return "\n".join(lines)
+
+
+class Checkpointer:
+    """The run's orbax CheckpointManager with the project's layout and retention policy."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        keep_best: bool = True,
+        asynchronous: bool = True,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (the latest is always kept), got {keep}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
+        if keep_best:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                    # BestN keeps the end of the sorted list; reversed, that is the lowest loss.
+                    reverse=True,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=asynchronous,
+            create=True,
+            cleanup_tmp_directories=True,  # half-written saves of a killed run
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "config", "data")
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        config: Mapping[str, Any],
+        data_position: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Start saving (asynchronously); returns False if a checkpoint of `step` exists."""
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(dict(config)),
+                data=ocp.args.JsonSave(dict(data_position)),
+            ),
+            metrics=dict(metrics) if metrics is not None else None,
+            force=True,
+        )
+
+    def read_config(self, step: int | None = None) -> dict[str, Any]:
+        """The config JSON stored with a checkpoint (the latest by default)."""
+        step = self._step_or_latest(step)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
+        return dict(restored["config"])
+
+    def check_model_config(self, model_config: TransformerConfig, step: int | None = None) -> None:
+        """Raise CheckpointMismatchError if the checkpoint's model differs from `model_config`."""
+        step = self._step_or_latest(step)
+        saved = self.read_config(step).get("model")
+        if saved is None:
+            raise CheckpointMismatchError(
+                f"checkpoint {step} in {self.directory} records no model config; "
+                "it was not written by this project's trainer"
+            )
+        current = model_config.to_dict()
+        if saved != current:
+            raise CheckpointMismatchError(
+                f"the checkpoint in {self.directory} (step {step}) is of a different model "
+                "config than this run:\n"
+                + _describe_differences(saved, current)
+                + "\nUse a new --workdir, or run with the checkpoint's config."
+            )
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restore (state, data_position) of `step` (the latest by default).
+
+        `abstract_state` gives the structure, shapes, dtypes and shardings to restore into
+        (e.g. `jax.eval_shape` of the state constructor).
+        """
+        step = self._step_or_latest(step)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], dict(restored["data"])
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _step_or_latest(self, step: int | None) -> int:
+        if step is None:
+            step = self.manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory}; "
+                f"available: {sorted(self.manager.all_steps())}"
+            )
+        return step
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree` without its values (a restore target)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

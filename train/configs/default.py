@@ -1,0 +1,54 @@
+"""Default config: the small model on the built-in number-words task (no download).
+
+Trains to >= 99% exact-match greedy decoding on the test split in under 10 minutes on 2 CPU
+cores. Every field can be overridden: `python -m train --workdir=DIR --config.batch_size=64`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from flax_transformer import TransformerConfig
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # The model: every TransformerConfig field (the small preset). vocab_size comes from the
+    # dataset's vocabulary when left at 0.
+    model = TransformerConfig.small().to_dict()
+    model.update(vocab_size=0, max_len=64)
+    config.model = ml_collections.ConfigDict(model)
+
+    # Data: the built-in task, prepared locally by TFDS (array_record) on first use.
+    config.dataset = "number_words"
+    config.data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets, or $TFDS_DATA_DIR)
+    config.batch_size = 128  # global: split over the devices
+    config.eval_batch_size = 256
+
+    # Optimisation (paper section 5.3 / 5.4, with a short warm-up for a short run).
+    config.num_train_steps = 1500
+    config.warmup_steps = 200
+    # Linear decay to 0 over the last steps (not in the paper; see training.with_cooldown).
+    config.cooldown_steps = 500
+    config.learning_rate_scale = 0.5  # multiplies the paper's schedule: peak 2.2e-3
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.98
+    config.adam_eps = 1e-9
+    config.clip_norm = 0.0  # 0 = no clipping
+    config.weight_decay = 0.0
+    config.label_smoothing = 0.1
+    config.seed = 0
+
+    # Devices: "mesh" (jit + NamedSharding: what JAX recommends), "pmap", or "single".
+    config.parallel = "mesh"
+
+    # Logging, evaluation, checkpoints.
+    config.log_every_steps = 50
+    config.eval_every_steps = 500
+    config.num_validation_examples = 1000  # 0 = the whole split
+    config.num_samples = 3  # sample translations printed at each evaluation
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.progress_bar = True
+    return config

@@ -1,0 +1,387 @@
+"""The training loop: data -> train_step (single device, pmap or mesh) -> metrics + checkpoints.
+
+    for step in range(start, num_train_steps):
+        batch = train_data[step]                    # a pure function of (seed, step)
+        state, metrics = train_step(state, batch)   # compiled once, no host sync
+        every log_every_steps:        summarise metrics (the only read-back), progress bar, JSONL
+        every eval_every_steps:       validation loss, greedy exact-match, sample translations
+        every checkpoint_every_steps: asynchronous orbax save (with the validation loss if any)
+    at the end: save, then evaluate on the test split
+
+A workdir that holds checkpoints resumes from the latest one (refused if its model config
+differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
+return; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from flax_transformer import TransformerConfig
+from flax_transformer.decoding import greedy_decode, strip_after_eos
+from flax_transformer.parallel import DataParallel
+from flax_transformer.training import (
+    TrainState,
+    create_train_state,
+    make_optimizer,
+    summarize_metrics,
+    transformer_schedule,
+    with_cooldown,
+)
+from train import data
+from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.metric_writers import MetricWriter
+
+DATASETS = ("number_words",)
+PARALLEL_MODES = ("single", "pmap", "mesh")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to `train_and_evaluate` did."""
+
+    step: int  # the step reached (number of updates applied)
+    interrupted: bool  # stopped by SIGINT / SIGTERM before num_train_steps
+    validation: dict[str, float]  # the last validation metrics
+    test: dict[str, float]  # test-split metrics (empty when interrupted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first training config field that is out of range."""
+    positive = (
+        "batch_size",
+        "eval_batch_size",
+        "num_train_steps",
+        "warmup_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+    )
+    for name in positive:
+        if config[name] <= 0:
+            raise ValueError(f"config.{name} must be positive, got {config[name]}")
+    non_negative = ("cooldown_steps", "num_validation_examples", "num_samples", "weight_decay")
+    for name in (*non_negative, "clip_norm"):
+        if config[name] < 0:
+            raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.dataset not in DATASETS:
+        raise ValueError(f"config.dataset must be one of {list(DATASETS)}, got {config.dataset!r}")
+    if config.parallel not in PARALLEL_MODES:
+        raise ValueError(
+            f"config.parallel must be one of {list(PARALLEL_MODES)}, got {config.parallel!r}"
+        )
+
+
+def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+    """The TransformerConfig of `config.model`; vocab_size 0 means "the tokenizer's"."""
+    fields = dict(config.model.to_dict())
+    if not fields.get("vocab_size"):
+        fields["vocab_size"] = vocab_size
+    elif fields["vocab_size"] < vocab_size:
+        raise ValueError(
+            f"config.model.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
+            f"vocabulary ({vocab_size} ids); set it to 0 to use the tokenizer's size"
+        )
+    return TransformerConfig.from_dict(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def evaluate(
+    parallel: DataParallel,
+    state: Any,
+    params: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    model_config: TransformerConfig,
+    vocabulary: Any,
+    max_examples: int = 0,
+) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Loss, token accuracy and greedy exact-match over `batches`; also (source, output, reference).
+
+    Exact match: the greedy output equals the reference target token for token (up to eos).
+    Filler rows of the last batch ("example_mask" 0) are not counted.
+    """
+    sums, examples = [], []
+    matches = 0
+    for batch in batches:
+        sums.append(parallel.eval_step(state, parallel.put_batch(batch)))
+        outputs = greedy_decode(
+            model_config,
+            params,
+            batch["source"],
+            bos_id=vocabulary.bos_id,
+            eos_id=vocabulary.eos_id,
+            max_length=batch["target"].shape[1],
+            check_inputs=False,
+        )
+        hypotheses = strip_after_eos(outputs, vocabulary.eos_id, vocabulary.pad_id)
+        references = strip_after_eos(batch["target"], vocabulary.eos_id, vocabulary.pad_id)
+        for row, real in enumerate(batch["example_mask"]):
+            if not real or (max_examples and len(examples) >= max_examples):
+                continue
+            matches += hypotheses[row] == references[row]
+            examples.append(
+                (
+                    vocabulary.decode(batch["source"][row]),
+                    vocabulary.decode(hypotheses[row]),
+                    vocabulary.decode(references[row]),
+                )
+            )
+        if max_examples and len(examples) >= max_examples:
+            break
+    summary = summarize_metrics(sums)
+    summary["exact_match"] = matches / max(len(examples), 1)
+    summary["examples"] = float(len(examples))
+    return summary, examples
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruption: finish the step, save, return
+# ---------------------------------------------------------------------------------------------
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+            "(Ctrl-C again to abort without saving)"
+        )
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _load_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+    data_dir = (
+        config.data_dir
+        or os.environ.get("TFDS_DATA_DIR")
+        or os.path.expanduser("~/tensorflow_datasets")
+    )
+    builder = data.prepare_number_words(data_dir)
+    sources = {
+        split: builder.as_data_source(split=split) for split in ("train", "validation", "test")
+    }
+    return data.number_words_vocabulary(), sources
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
+    _check_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+
+    vocabulary, sources = _load_data(config)
+    lengths = [data.max_lengths(source, vocabulary) for source in sources.values()]
+    source_len = max(length[0] for length in lengths)
+    target_len = max(length[1] for length in lengths)
+    model_config = model_config_from(config, vocabulary.vocab_size)
+    if max(source_len, target_len) > model_config.max_len:
+        raise ValueError(
+            f"the data needs sequences of {max(source_len, target_len)} tokens but "
+            f"config.model.max_len is {model_config.max_len}"
+        )
+
+    parallel = DataParallel(
+        config.parallel,
+        model_config=model_config,
+        label_smoothing=config.label_smoothing,
+    )
+    parallel.check_batch_size(config.batch_size)
+    parallel.check_batch_size(config.eval_batch_size)
+
+    schedule = with_cooldown(
+        transformer_schedule(model_config.d_model, config.warmup_steps, config.learning_rate_scale),
+        config.num_train_steps,
+        config.cooldown_steps,
+    )
+    optimizer = make_optimizer(
+        schedule,
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        clip_norm=config.clip_norm or None,
+        weight_decay=config.weight_decay,
+    )
+    init_key = jax.random.key(config.seed)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    run_config = {"model": model_config.to_dict(), "train": config.to_dict()}
+    if checkpointer.latest_step() is None:
+        state = create_train_state(model_config, optimizer, init_key)
+        start_step = 0
+    else:
+        checkpointer.check_model_config(model_config)
+        abstract_state = jax.eval_shape(
+            lambda: create_train_state(model_config, optimizer, init_key)
+        )
+        state, position = checkpointer.restore(abstract_like(abstract_state))
+        start_step = int(state.step)
+        if position.get("seed") != config.seed:
+            raise ValueError(
+                f"the checkpoint's data order used seed {position.get('seed')}, this run "
+                f"config.seed={config.seed}; resuming would not reproduce the run"
+            )
+        tqdm.write(f"Resuming from step {start_step} in {checkpointer.directory}")
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as file:
+        json.dump(run_config, file, indent=2, sort_keys=True)
+
+    train_data = data.train_batches(
+        sources["train"],
+        vocabulary,
+        batch_size=config.batch_size,
+        source_len=source_len,
+        target_len=target_len,
+        seed=config.seed,
+    )
+
+    def eval_data(split: str) -> list[dict[str, np.ndarray]]:
+        batches = data.eval_batches(
+            sources[split],
+            vocabulary,
+            batch_size=config.eval_batch_size,
+            source_len=source_len,
+            target_len=target_len,
+        )
+        return [batches[index] for index in range(len(batches))]
+
+    validation_batches = eval_data("validation")
+
+    writer = MetricWriter(workdir)
+    state = parallel.put_state(state)
+    validation: dict[str, float] = {}
+    step = start_step
+
+    def run_validation(step: int) -> dict[str, float]:
+        params = parallel.get_state(state).params
+        summary, examples = evaluate(
+            parallel,
+            state,
+            params,
+            validation_batches,
+            model_config=model_config,
+            vocabulary=vocabulary,
+            max_examples=config.num_validation_examples,
+        )
+        writer.write(step, "validation", summary)
+        tqdm.write(
+            f"step {step}: validation loss {summary['loss']:.4f}, token accuracy "
+            f"{summary['accuracy']:.2%}, exact match {summary['exact_match']:.2%} "
+            f"({int(summary['examples'])} examples)"
+        )
+        for source, output, reference in examples[: config.num_samples]:
+            mark = "ok" if output == reference else "WRONG, expected: " + reference
+            tqdm.write(f"  {source} -> {output}   [{mark}]")
+        return summary
+
+    def save(step: int, metrics: Mapping[str, float] | None) -> None:
+        checkpointer.save(
+            step,
+            parallel.get_state(state),
+            config=run_config,
+            data_position={"step": step, "seed": config.seed},
+            metrics={BEST_METRIC: metrics["loss"]} if metrics else None,
+        )
+
+    progress = tqdm(
+        total=config.num_train_steps,
+        initial=start_step,
+        disable=not config.progress_bar,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    pending: list[Any] = []
+    interval_start = time.perf_counter()
+    with _StopRequest() as stop, writer, checkpointer, progress:
+        for step in range(start_step, config.num_train_steps):
+            state, metrics = parallel.train_step(state, parallel.put_batch(train_data[step]))
+            pending.append(metrics)
+            progress.update(1)
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == config.num_train_steps:
+                summary = summarize_metrics(pending)  # the only read-back of the hot loop
+                elapsed = time.perf_counter() - interval_start
+                summary["target_tokens_per_second"] = summary["tokens"] / elapsed
+                summary["learning_rate"] = float(schedule(step))
+                writer.write(done, "train", summary)
+                progress.set_postfix(
+                    loss=f"{summary['loss']:.3f}",
+                    tok_s=f"{summary['target_tokens_per_second']:,.0f}",
+                    lr=f"{summary['learning_rate']:.2e}",
+                )
+                pending = []
+                interval_start = time.perf_counter()
+            step_metrics = None
+            if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+                validation = step_metrics = run_validation(done)
+                interval_start = time.perf_counter()
+            if (
+                done % config.checkpoint_every_steps == 0
+                or done == config.num_train_steps
+                or step_metrics is not None
+                or stop.requested
+            ):
+                save(done, step_metrics)
+            if stop.requested:
+                step = done
+                break
+        else:
+            step = config.num_train_steps
+        checkpointer.wait()
+        if stop.requested:
+            tqdm.write(
+                f"Stopped at step {step}; checkpoint saved in {checkpointer.directory}. "
+                "Run the same command to resume."
+            )
+            return TrainResult(step, True, validation, {})
+        params = parallel.get_state(state).params
+        test, examples = evaluate(
+            parallel,
+            state,
+            params,
+            eval_data("test"),
+            model_config=model_config,
+            vocabulary=vocabulary,
+        )
+        writer.write(step, "test", test)
+    tqdm.write(
+        f"test: loss {test['loss']:.4f}, token accuracy {test['accuracy']:.2%}, "
+        f"exact match {test['exact_match']:.2%} ({int(test['examples'])} examples)"
+    )
+    return TrainResult(step, False, validation, test)
+
+
+__all__ = ["TrainResult", "TrainState", "evaluate", "model_config_from", "train_and_evaluate"]
