@@ -224,6 +224,7 @@ def test_checkpoints_keep_the_latest_k_plus_the_best(tmp_path) -> None:
             )
             checkpointer.wait()
         assert checkpointer.all_steps() == [2, 5, 6]
+        assert checkpointer.best_step() == 2
         restored, position = checkpointer.restore(state, step=2)
         np.testing.assert_array_equal(restored["params"], state["params"])
         assert position == {"step": 2}

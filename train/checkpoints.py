@@ -154,7 +154,13 @@ class Checkpointer:
         return restored["state"], dict(restored["data"])
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept step with the lowest validation loss (None if none was saved with one)."""
+        scored = []
+        for step in self.manager.all_steps():
+            metrics = self.manager.metrics(step)
+            if metrics and BEST_METRIC in metrics:
+                scored.append((metrics[BEST_METRIC], step))
+        return min(scored)[1] if scored else None
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

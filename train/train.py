@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -165,6 +166,8 @@ class _StopRequest:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
