@@ -229,6 +229,19 @@ def test_checkpoints_keep_the_latest_k_plus_the_best(tmp_path) -> None:
         np.testing.assert_array_equal(restored["params"], state["params"])
         assert position == {"step": 2}
         assert not checkpointer.save(6, state, config={}, data_position={})  # never overwritten
+    # A resumed run (a new manager on the same directory) still knows which one is the best.
+    with Checkpointer(tmp_path, keep=2) as checkpointer:
+        for step in (7, 8):
+            checkpointer.save(
+                step,
+                state,
+                config={"model": {}},
+                data_position={"step": step},
+                metrics={"validation_loss": 5.0},
+            )
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [2, 7, 8]
+        assert checkpointer.best_step() == 2
 
 
 def test_restore_errors_name_the_directory(tmp_path) -> None:

@@ -73,6 +73,10 @@ class Checkpointer:
             )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            # best_fn makes orbax write each checkpoint's metrics to disk, so that a resumed run
+            # still knows which kept checkpoint is the best (otherwise it would be deleted).
+            best_fn=(lambda metrics: metrics[BEST_METRIC]) if keep_best else None,
+            best_mode="min",
             enable_async_checkpointing=asynchronous,
             create=True,
             cleanup_tmp_directories=True,  # half-written saves of a killed run
