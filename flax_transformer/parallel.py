@@ -168,10 +168,12 @@ class DataParallel:
                 out_axes=None,
                 **pmap_devices,
             )
-            n = len(self.devices)
-            self._broadcast = jax.jit(
-                lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), tree),
-                out_shardings=self._stacked,
+            # put_state stacks the replicas with pmap itself (same axis name, so same layout as
+            # train_step's output state): jax < 0.8 on one device would copy a jit-stacked state
+            # at the first step and donate only the copy. pmap needs a mapped argument: the
+            # device indices, unused.
+            self._broadcast = jax.pmap(
+                lambda _, tree: tree, axis_name=PMAP_AXIS, in_axes=(0, None), **pmap_devices
             )
 
     @property
@@ -205,7 +207,7 @@ class DataParallel:
         # copy to its [1, ...] slice of the stacked array. (Stacking n copies on the host or on
         # one device, as flax.jax_utils.replicate does, briefly needs n times the memory there.)
         everywhere = NamedSharding(self._stacked.mesh, P())
-        return self._broadcast(jax.device_put(owned, everywhere))
+        return self._broadcast(np.arange(self.num_devices), jax.device_put(owned, everywhere))
 
     def get_state(self, state: Any) -> Any:
         """One plain copy of a placed state, on one device: for checkpoints and evaluation.

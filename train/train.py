@@ -76,10 +76,14 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     for name in positive:
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
-    non_negative = ("cooldown_steps", "num_validation_examples", "num_samples", "weight_decay")
+    non_negative = ("num_validation_examples", "num_samples", "weight_decay")
     for name in (*non_negative, "clip_norm"):
         if config[name] < 0:
             raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+    if not 0.0 <= config.cooldown_fraction <= 1.0:
+        raise ValueError(
+            f"config.cooldown_fraction must be in [0, 1], got {config.cooldown_fraction}"
+        )
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.dataset not in DATASETS:
@@ -230,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     schedule = with_cooldown(
         transformer_schedule(model_config.d_model, config.warmup_steps, config.learning_rate_scale),
         config.num_train_steps,
-        config.cooldown_steps,
+        round(config.cooldown_fraction * config.num_train_steps),
     )
     optimizer = make_optimizer(
         schedule,

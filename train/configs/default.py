@@ -29,8 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation (paper section 5.3 / 5.4, with a short warm-up for a short run).
     config.num_train_steps = 1500
     config.warmup_steps = 200
-    # Linear decay to 0 over the last steps (not in the paper; see training.with_cooldown).
-    config.cooldown_steps = 500
+    # Linear decay to 0 over the last third of the steps (not in the paper; see
+    # flax_transformer.training.with_cooldown). 0 = the paper's schedule only.
+    config.cooldown_fraction = 1 / 3
     config.learning_rate_scale = 0.5  # multiplies the paper's schedule: peak 2.2e-3
     config.adam_b1 = 0.9
     config.adam_b2 = 0.98
