@@ -33,7 +33,6 @@ from flax_transformer import TransformerConfig
 from flax_transformer.decoding import greedy_decode, strip_after_eos
 from flax_transformer.parallel import DataParallel
 from flax_transformer.training import (
-    TrainState,
     create_train_state,
     make_optimizer,
     summarize_metrics,
@@ -391,4 +390,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return TrainResult(step, False, validation, test)
 
 
-__all__ = ["TrainResult", "TrainState", "evaluate", "model_config_from", "train_and_evaluate"]
+__all__ = ["TrainResult", "evaluate", "model_config_from", "train_and_evaluate"]
