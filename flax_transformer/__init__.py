@@ -11,6 +11,7 @@ jitted apply functions for users who do not want to touch linen:
     source = jnp.array([[5, 6, 7, 0]])            # 0 is padding
     decoder_input = jnp.array([[1, 8, 9]])        # start token, then the target shifted right
     logits = ft.forward(config, params, source, decoder_input)   # [1, 3, vocab_size]
+    tokens, scores = ft.beam_search(config, params, source, bos_id=1, eos_id=2)  # section 6.1
 """
 
 from flax_transformer.api import (
@@ -24,11 +25,23 @@ from flax_transformer.api import (
 )
 from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
 from flax_transformer.config import TransformerConfig
-from flax_transformer.decoding import greedy_decode
+from flax_transformer.decoding import (
+    BeamState,
+    beam_search,
+    decode_step,
+    greedy_decode,
+    greedy_decode_uncached,
+    init_cache,
+    sample_decode,
+    strip_after_eos,
+    top_k_filter,
+    top_p_filter,
+)
 from flax_transformer.layers import (
     DecoderLayer,
     EncoderLayer,
     FeedForward,
+    KeyValue,
     MultiHeadAttention,
     PositionEmbedding,
     TokenEmbedding,
@@ -38,12 +51,14 @@ from flax_transformer.masks import (
     combine_masks,
     cross_attention_mask,
     decoder_self_attention_mask,
+    decoder_step_mask,
     encoder_self_attention_mask,
     padding_mask,
     segment_mask,
 )
 from flax_transformer.model import (
     Decoder,
+    DecodingCache,
     Encoder,
     Transformer,
     stack_layer_params,
@@ -65,11 +80,23 @@ from flax_transformer.training import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BeamState",
     "DataParallel",
+    "DecodingCache",
+    "KeyValue",
     "TrainState",
+    "beam_search",
     "create_train_state",
+    "decode_step",
+    "decoder_step_mask",
     "eval_step",
     "greedy_decode",
+    "greedy_decode_uncached",
+    "init_cache",
+    "sample_decode",
+    "strip_after_eos",
+    "top_k_filter",
+    "top_p_filter",
     "make_optimizer",
     "summarize_metrics",
     "train_step",

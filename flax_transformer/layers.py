@@ -6,12 +6,18 @@
     FeedForward         FFN(x) = max(0, x W1 + b1) W2 + b2 (3.3)
     EncoderLayer        self-attention and feed-forward sub-layers (3.1, Figure 1 left)
     DecoderLayer        masked self-attention, cross-attention, feed-forward (3.1, Figure 1 right)
+    KeyValue            projected keys and values, the unit of the incremental-decoding cache
 
 Each sub-layer is wrapped in a residual connection with dropout and LayerNorm (3.1, 5.4):
 post-LN (paper, default) computes LayerNorm(x + Dropout(Sublayer(x))); pre-LN computes
 x + Dropout(Sublayer(LayerNorm(x))). Parameter names are explicit and identical in both, so a
 checkpoint's tree does not depend on the code's structure. Layers receive masks; they never build
 them (see `flax_transformer.masks`).
+
+Incremental decoding (`flax_transformer.decoding`) runs the decoder one target position at a time.
+`DecoderLayer.cross_attention_key_value` projects the encoder output once per source sentence and
+`DecoderLayer.decode_step` runs one position against a cache of the earlier positions' keys and
+values; both reuse the parameters of `DecoderLayer.__call__`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
 from flax_transformer.config import ACTIVATIONS, TransformerConfig
@@ -90,6 +97,17 @@ class PositionEmbedding(nn.Module):
         return jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
 
 
+@struct.dataclass
+class KeyValue:
+    """The keys and values one attention layer attends over, each [batch, k_len, heads, d_k].
+
+    Incremental decoding keeps these between steps (see `DecoderLayer.decode_step`).
+    """
+
+    key: Array
+    value: Array
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (paper section 3.2.2).
 
@@ -97,32 +115,54 @@ class MultiHeadAttention(nn.Module):
         head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V),  d_k = d_v = d_model / h.
 
     Self-attention passes the same sequence as `inputs_q` and `inputs_kv`; cross-attention
-    passes decoder states as `inputs_q` and the encoder output as `inputs_kv`. On the
-    reference path the attention weights [batch, heads, q_len, k_len] are recorded with
-    `sow("intermediates", "attention_weights", ...)`: apply with `mutable=["intermediates"]`
-    to read them. The fused path records nothing.
+    passes decoder states as `inputs_q` and the encoder output as `inputs_kv`. The call is two
+    halves that incremental decoding uses separately: `project_key_value` (K W^K and V W^V, which
+    depend on the attended sequence only, so they can be computed once and cached) and `attend`
+    (the queries, the attention itself and W^O). On the reference path the attention weights
+    [batch, heads, q_len, k_len] are recorded with `sow("intermediates", "attention_weights",
+    ...)`: apply with `mutable=["intermediates"]` to read them. The fused path records nothing.
     """
 
     config: TransformerConfig
 
-    @nn.compact
-    def __call__(
-        self, inputs_q: Array, inputs_kv: Array, mask: Array | None, deterministic: bool = True
-    ) -> Array:
+    def setup(self) -> None:
         cfg = self.config
 
-        def project(name: str, inputs: Array) -> Array:  # [b, len, d_model] -> [b, len, h, d_k]
+        def per_head_projection() -> nn.DenseGeneral:  # [b, len, d_model] -> [b, len, h, d_k]
             return nn.DenseGeneral(
                 features=(cfg.num_heads, cfg.head_dim),
                 dtype=cfg.compute_dtype,
                 kernel_init=dense_init,
-                name=name,
-            )(inputs)
+            )
 
-        query = project("query", inputs_q)
-        key = project("key", inputs_kv)
-        value = project("value", inputs_kv)
+        self.query = per_head_projection()
+        self.key = per_head_projection()
+        self.value = per_head_projection()
+        # Concat(head_1, ..., head_h) W^O, as one contraction over (heads, d_k).
+        self.output = nn.DenseGeneral(
+            features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, kernel_init=dense_init
+        )
 
+    def __call__(
+        self, inputs_q: Array, inputs_kv: Array, mask: Array | None, deterministic: bool = True
+    ) -> Array:
+        return self.attend(inputs_q, self.project_key_value(inputs_kv), mask, deterministic)
+
+    def project_key_value(self, inputs_kv: Array) -> KeyValue:
+        """K W^K and V W^V for every head: [batch, len, d_model] -> two [batch, len, h, d_k]."""
+        return KeyValue(key=self.key(inputs_kv), value=self.value(inputs_kv))
+
+    def attend(
+        self,
+        inputs_q: Array,
+        key_value: KeyValue,
+        mask: Array | None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Queries from `inputs_q` attend over projected keys and values -> [b, q, d_model]."""
+        cfg = self.config
+        query = self.query(inputs_q)
+        key, value = key_value.key, key_value.value
         use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
         if cfg.attention_implementation == "fused" and not use_dropout:
             heads = fused_dot_product_attention(query, key, value, mask)
@@ -138,14 +178,7 @@ class MultiHeadAttention(nn.Module):
             )
             self.sow("intermediates", "attention_weights", weights)
             heads = jnp.swapaxes(heads, 1, 2)
-        # Concat(head_1, ..., head_h) W^O, as one contraction over (heads, d_k).
-        return nn.DenseGeneral(
-            features=cfg.d_model,
-            axis=(-2, -1),
-            dtype=cfg.compute_dtype,
-            kernel_init=dense_init,
-            name="output",
-        )(heads)
+        return self.output(heads)
 
 
 class FeedForward(nn.Module):
@@ -164,27 +197,49 @@ class FeedForward(nn.Module):
         return dense(cfg.d_model, name="output")(hidden)
 
 
-def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+def layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.compute_dtype, name=name)
+
+
+# The residual connection around a sub-layer (paper sections 3.1 and 5.4):
+#
+#     post-LN (paper): LayerNorm(x + Dropout(Sublayer(x)))
+#     pre-LN:          x + Dropout(Sublayer(LayerNorm(x)))
+#
+# `residual` wraps a whole sub-layer. It is the composition of two halves, which incremental
+# decoding uses separately because it needs the sub-layer's input to fill its cache:
+# `sublayer_input` (what the sub-layer reads) and `add_residual` (what the layer passes on).
+def sublayer_input(config: TransformerConfig, norm: nn.LayerNorm, inputs: Array) -> Array:
+    """What a sub-layer reads: LayerNorm(x) with pre-LN, x itself with post-LN."""
+    return norm(inputs) if config.norm_position == "pre" else inputs
+
+
+def add_residual(
+    config: TransformerConfig,
+    norm: nn.LayerNorm,
+    inputs: Array,
+    sublayer_output: Array,
+    *,
+    dropout: nn.Dropout,
+    deterministic: bool,
+) -> Array:
+    """x + Dropout(output), then LayerNorm with post-LN."""
+    summed = inputs + dropout(sublayer_output, deterministic=deterministic)
+    return norm(summed) if config.norm_position == "post" else summed
 
 
 def residual(
     config: TransformerConfig,
-    name: str,
+    norm: nn.LayerNorm,
     inputs: Array,
     sublayer: Callable[[Array], Array],
+    *,
+    dropout: nn.Dropout,
     deterministic: bool,
 ) -> Array:
-    """The residual connection around a sub-layer (paper sections 3.1 and 5.4).
-
-    post-LN: LayerNorm(x + Dropout(Sublayer(x)))    pre-LN: x + Dropout(Sublayer(LayerNorm(x)))
-    The LayerNorm is named f"{name}_norm" in both cases.
-    """
-    norm = layer_norm(config, f"{name}_norm")
-    dropout = nn.Dropout(rate=config.dropout_rate)
-    if config.norm_position == "pre":
-        return inputs + dropout(sublayer(norm(inputs)), deterministic=deterministic)
-    return norm(inputs + dropout(sublayer(inputs), deterministic=deterministic))
+    """The sub-layer wrapped in its residual connection (and LayerNorm, before or after)."""
+    output = sublayer(sublayer_input(config, norm, inputs))
+    return add_residual(config, norm, inputs, output, dropout=dropout, deterministic=deterministic)
 
 
 class EncoderLayer(nn.Module):
@@ -192,22 +247,50 @@ class EncoderLayer(nn.Module):
 
     config: TransformerConfig
 
-    @nn.compact
-    def __call__(self, inputs: Array, mask: Array | None, deterministic: bool = True) -> Array:
+    def setup(self) -> None:
         cfg = self.config
-        add_and_norm = functools.partial(residual, cfg, deterministic=deterministic)
-        attention = MultiHeadAttention(cfg, name="self_attention")
-        x = add_and_norm("self_attention", inputs, lambda h: attention(h, h, mask, deterministic))
-        return add_and_norm("feed_forward", x, FeedForward(cfg, name="feed_forward"))
+        self.self_attention = MultiHeadAttention(cfg)
+        self.self_attention_norm = layer_norm(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.feed_forward_norm = layer_norm(cfg)
+        # One Dropout module for every sub-layer: each call draws a fresh mask.
+        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+
+    def __call__(self, inputs: Array, mask: Array | None, deterministic: bool = True) -> Array:
+        add_and_norm = functools.partial(
+            residual, self.config, dropout=self.dropout, deterministic=deterministic
+        )
+        x = add_and_norm(
+            self.self_attention_norm,
+            inputs,
+            lambda h: self.self_attention(h, h, mask, deterministic),
+        )
+        return add_and_norm(self.feed_forward_norm, x, self.feed_forward)
 
 
 class DecoderLayer(nn.Module):
     """One decoder layer (paper section 3.1): masked self-attention, encoder-decoder attention
-    over the encoder output, then the feed-forward network."""
+    over the encoder output, then the feed-forward network.
+
+    `__call__` runs a whole target sequence at once (training, scoring). Incremental decoding
+    computes the same thing one position at a time: `cross_attention_key_value` projects the
+    encoder output once per source sentence, and `decode_step` runs one new position, adding
+    its self-attention keys and values to a cache that holds those of the earlier positions.
+    """
 
     config: TransformerConfig
 
-    @nn.compact
+    def setup(self) -> None:
+        cfg = self.config
+        self.self_attention = MultiHeadAttention(cfg)
+        self.self_attention_norm = layer_norm(cfg)
+        self.cross_attention = MultiHeadAttention(cfg)
+        self.cross_attention_norm = layer_norm(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.feed_forward_norm = layer_norm(cfg)
+        # One Dropout module for every sub-layer: each call draws a fresh mask.
+        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+
     def __call__(
         self,
         inputs: Array,
@@ -216,18 +299,92 @@ class DecoderLayer(nn.Module):
         cross_attention_mask: Array | None,
         deterministic: bool = True,
     ) -> Array:
-        cfg = self.config
-        add_and_norm = functools.partial(residual, cfg, deterministic=deterministic)
-        self_attention = MultiHeadAttention(cfg, name="self_attention")
-        cross_attention = MultiHeadAttention(cfg, name="cross_attention")
+        add_and_norm = functools.partial(
+            residual, self.config, dropout=self.dropout, deterministic=deterministic
+        )
         x = add_and_norm(
-            "self_attention",
+            self.self_attention_norm,
             inputs,
-            lambda h: self_attention(h, h, self_attention_mask, deterministic),
+            lambda h: self.self_attention(h, h, self_attention_mask, deterministic),
+        )
+        return self._attend_to_source_and_feed_forward(
+            x, self.cross_attention_key_value(encoded), cross_attention_mask, deterministic
+        )
+
+    def cross_attention_key_value(self, encoded: Array) -> KeyValue:
+        """The encoder output as cross-attention keys and values, [batch, src_len, h, d_k] each.
+
+        They depend on the source sentence only: incremental decoding computes them once.
+        """
+        return self.cross_attention.project_key_value(encoded)
+
+    def decode_step(
+        self,
+        inputs: Array,
+        step: Array,
+        self_attention_cache: KeyValue,
+        cross_attention_key_value: KeyValue,
+        self_attention_mask: Array,
+        cross_attention_mask: Array | None,
+    ) -> tuple[Array, KeyValue]:
+        """One target position through the layer, using the cache of the earlier positions.
+
+        Args:
+          inputs: [batch, 1, d_model], the layer's input at target position `step`.
+          step: int32 scalar, that position.
+          self_attention_cache: self-attention keys and values [batch, cache_len, h, d_k];
+            positions < step are filled.
+          cross_attention_key_value: from `cross_attention_key_value`.
+          self_attention_mask: [..., 1, cache_len], True for keys at positions <= step
+            (`masks.decoder_step_mask`).
+          cross_attention_mask: the source padding mask, as in `__call__`.
+
+        Returns:
+          (outputs [batch, 1, d_model], the cache with position `step` written). The outputs
+          equal position `step` of `__call__` over the whole prefix (deterministic: no dropout).
+        """
+        cfg = self.config
+        # The self-attention sub-layer, spelled out: the cache needs this position's keys and
+        # values, which are projections of the sub-layer's input.
+        h = sublayer_input(cfg, self.self_attention_norm, inputs)
+        new = self.self_attention.project_key_value(h)
+        cache = jax.tree.map(
+            lambda cached, new: jax.lax.dynamic_update_slice_in_dim(
+                cached, new.astype(cached.dtype), step, axis=1
+            ),
+            self_attention_cache,
+            new,
+        )
+        attended = self.self_attention.attend(h, cache, self_attention_mask)
+        x = add_residual(
+            cfg,
+            self.self_attention_norm,
+            inputs,
+            attended,
+            dropout=self.dropout,
+            deterministic=True,
+        )
+        outputs = self._attend_to_source_and_feed_forward(
+            x, cross_attention_key_value, cross_attention_mask, deterministic=True
+        )
+        return outputs, cache
+
+    def _attend_to_source_and_feed_forward(
+        self,
+        x: Array,
+        cross_attention_key_value: KeyValue,
+        cross_attention_mask: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """The encoder-decoder attention and feed-forward sub-layers (both paths share them)."""
+        add_and_norm = functools.partial(
+            residual, self.config, dropout=self.dropout, deterministic=deterministic
         )
         x = add_and_norm(
-            "cross_attention",
+            self.cross_attention_norm,
             x,
-            lambda h: cross_attention(h, encoded, cross_attention_mask, deterministic),
+            lambda h: self.cross_attention.attend(
+                h, cross_attention_key_value, cross_attention_mask, deterministic
+            ),
         )
-        return add_and_norm("feed_forward", x, FeedForward(cfg, name="feed_forward"))
+        return add_and_norm(self.feed_forward_norm, x, self.feed_forward)

@@ -13,6 +13,7 @@ and the three masks the model uses, built from those:
     encoder_self_attention_mask   padding (+ segments)
     decoder_self_attention_mask   causal, the "look-ahead" mask (+ segments)
     cross_attention_mask          source padding (+ target/source segments)
+    decoder_step_mask             incremental decoding: the cached positions <= the current step
 
 Padding masks act on keys only: a padding query row computes something, but it is never read
 (the loss ignores padding positions), and key-only masks broadcast instead of materialising a
@@ -113,3 +114,14 @@ def cross_attention_mask(
     if target_segment_ids is not None:
         segments = segment_mask(target_segment_ids, source_segment_ids)
     return combine_masks(padding_mask(source_tokens, pad_id), segments)
+
+
+def decoder_step_mask(step: Array | int, length: int) -> Array:
+    """Incremental decoding: [1, 1, 1, length], True for cached key positions <= `step`.
+
+    Row `step` of `causal_mask(length)`: the one query, at position `step`, sees itself and the
+    positions before it; the cache's later positions are still empty. `step` may be traced.
+    """
+    if length <= 0:
+        raise ValueError(f"length must be positive, got {length}")
+    return (jnp.arange(length) <= step)[None, None, None, :]

@@ -8,6 +8,11 @@
 the stacks and layers only receive them. Decoder input tokens are the target shifted right
 (start token first); the caller does the shifting.
 
+Incremental decoding (`flax_transformer.decoding`) uses `Transformer.init_cache`, which encodes
+the source and projects it for every decoder layer's cross-attention once, and
+`Transformer.decode_step`, which runs one target position against a `DecodingCache` of the
+earlier positions' keys and values.
+
 Stacks are unrolled by default (params `layer_0`, `layer_1`, ...); `config.scan_layers` runs them
 with `nn.scan` (one set of params named `layers` with a leading layer axis, compile time
 independent of depth). `stack_layer_params` and `unstack_layer_params` convert between the two.
@@ -15,17 +20,21 @@ independent of depth). `stack_layer_params` and `unstack_layer_params` convert b
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from flax_transformer import masks
 from flax_transformer.config import TransformerConfig
 from flax_transformer.layers import (
     DecoderLayer,
     EncoderLayer,
+    KeyValue,
     PositionEmbedding,
     TokenEmbedding,
     dense_init,
@@ -34,58 +43,85 @@ from flax_transformer.layers import (
 from flax_transformer.positional import sinusoidal_encoding_at
 
 Array = jax.Array
+# One KeyValue per decoder layer: a tuple for unrolled stacks, one stacked KeyValue when scanned.
+LayerKeyValues = KeyValue | tuple[KeyValue, ...]
 
 
 def _embed(
     config: TransformerConfig,
     embedding: TokenEmbedding,
+    position_embedding: PositionEmbedding | None,
+    dropout: nn.Dropout,
     tokens: Array,
     positions: Array | None,
     deterministic: bool,
 ) -> Array:
-    """Token embedding + positional encoding, then dropout (paper sections 3.4, 3.5, 5.4)."""
+    """Token embedding + positional encoding, then dropout (paper sections 3.4, 3.5, 5.4).
+
+    `position_embedding` is the learned table, or None for the sinusoids of section 3.5.
+    """
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
     x = embedding(tokens)
-    if config.positional_encoding == "learned":
-        x = x + PositionEmbedding(config, name="position_embedding")(positions)
+    if position_embedding is not None:
+        x = x + position_embedding(positions)
     else:
         x = x + sinusoidal_encoding_at(positions, config.d_model, layout=config.sinusoid_layout)
-    x = nn.Dropout(rate=config.dropout_rate)(x, deterministic=deterministic)
+    x = dropout(x, deterministic=deterministic)
     return x.astype(config.compute_dtype)
+
+
+def _layer_stack(
+    config: TransformerConfig, layer_cls: type[nn.Module], num_layers: int
+) -> nn.Module | list[nn.Module]:
+    """The N layers of a stack, created in its setup; `_run_layers` runs them.
+
+    Unrolled: modules `layer_0` ... `layer_{N-1}`. Scanned: one module `layers`, which `nn.scan`
+    gives parameters with a leading layer axis.
+    """
+    if config.remat:
+        # `deterministic` is a Python bool: remat must treat it as static. Argument 0 is `self`.
+        arguments = list(inspect.signature(layer_cls.__call__).parameters)
+        layer_cls = nn.remat(layer_cls, static_argnums=(arguments.index("deterministic"),))
+    if config.scan_layers:
+        return layer_cls(config, name="layers")
+    return [layer_cls(config, name=f"layer_{index}") for index in range(num_layers)]
 
 
 def _run_layers(
     config: TransformerConfig,
-    layer_cls: type[nn.Module],
+    layers: nn.Module | list[nn.Module],
     num_layers: int,
-    x: Array,
-    *args: Any,
-) -> Array:
-    """Apply num_layers copies of layer_cls to x; args (masks, memory, deterministic) broadcast.
+    apply_layer: Callable[..., tuple[Array, Any]],
+    carry: Array,
+    *,
+    per_layer: tuple[Any, ...] = (),
+    shared: tuple[Any, ...] = (),
+) -> tuple[Array, Any]:
+    """Thread `carry` through the layers of a stack, first to last.
 
-    Called from a parent's compact method, so the layers become the parent's children.
+    `apply_layer(layer, carry, *layer_inputs, *shared) -> (carry, layer_output)`: `shared`
+    arguments go to every layer; each of the `per_layer` arguments holds one entry per layer.
+    Per-layer arguments and outputs are laid out like the parameters: for unrolled stacks a
+    tuple with one entry per layer, for scanned stacks one pytree stacked on axis 1 (after
+    batch). Scanned stacks use `nn.scan`: the compiled program holds one layer whatever the depth.
     """
-    if config.remat:
-        # Count `self` as argument 0: the last argument, `deterministic`, is a Python bool.
-        layer_cls = nn.remat(layer_cls, static_argnums=(len(args) + 1,))
     if config.scan_layers:
-
-        def body(layer: nn.Module, carry: Array, *broadcast_args: Any) -> tuple[Array, None]:
-            return layer(carry, *broadcast_args), None
-
         scanned = nn.scan(
-            body,
+            apply_layer,
             variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
+            in_axes=(1,) * len(per_layer) + (nn.broadcast,) * len(shared),
+            out_axes=1,
             length=num_layers,
         )
-        x, _ = scanned(layer_cls(config, name="layers"), x, *args)
-        return x
-    for index in range(num_layers):
-        x = layer_cls(config, name=f"layer_{index}")(x, *args)
-    return x
+        return scanned(layers, carry, *per_layer, *shared)
+    outputs = []
+    for index, layer in enumerate(layers):
+        layer_inputs = [entries[index] for entries in per_layer]
+        carry, output = apply_layer(layer, carry, *layer_inputs, *shared)
+        outputs.append(output)
+    return carry, tuple(outputs)
 
 
 class Encoder(nn.Module):
@@ -94,7 +130,15 @@ class Encoder(nn.Module):
     config: TransformerConfig
     embedding: TokenEmbedding
 
-    @nn.compact
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.positional_encoding == "learned":
+            self.position_embedding = PositionEmbedding(cfg)
+        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+        self.layers = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers)
+        if cfg.norm_position == "pre":
+            self.final_norm = layer_norm(cfg)
+
     def __call__(
         self,
         source_tokens: Array,
@@ -103,20 +147,41 @@ class Encoder(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         cfg = self.config
-        x = _embed(cfg, self.embedding, source_tokens, positions, deterministic)
-        x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask, deterministic)
+        learned = self.position_embedding if cfg.positional_encoding == "learned" else None
+        x = _embed(
+            cfg, self.embedding, learned, self.dropout, source_tokens, positions, deterministic
+        )
+
+        def apply_layer(layer, x, mask):
+            return layer(x, mask, deterministic), None
+
+        x, _ = _run_layers(cfg, self.layers, cfg.num_encoder_layers, apply_layer, x, shared=(mask,))
         if cfg.norm_position == "pre":
-            x = layer_norm(cfg, "final_norm")(x)
+            x = self.final_norm(x)
         return x
 
 
 class Decoder(nn.Module):
-    """The decoder stack (paper section 3.1) and the pre-softmax projection (3.4)."""
+    """The decoder stack (paper section 3.1) and the pre-softmax projection (3.4).
+
+    `__call__` runs a whole target sequence. Incremental decoding uses the same parameters through
+    `cross_attention_key_values` (once per source) and `decode_step` (once per target position).
+    """
 
     config: TransformerConfig
     embedding: TokenEmbedding
 
-    @nn.compact
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.positional_encoding == "learned":
+            self.position_embedding = PositionEmbedding(cfg)
+        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+        self.layers = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers)
+        if cfg.norm_position == "pre":
+            self.final_norm = layer_norm(cfg)
+        if not cfg.tie_output_embedding:
+            self.logits = nn.Dense(cfg.vocab_size, dtype=cfg.compute_dtype, kernel_init=dense_init)
+
     def __call__(
         self,
         encoded: Array,
@@ -127,28 +192,116 @@ class Decoder(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         cfg = self.config
-        y = _embed(cfg, self.embedding, decoder_input_tokens, positions, deterministic)
-        y = _run_layers(
+        y = self._embed(decoder_input_tokens, positions, deterministic)
+
+        def apply_layer(layer, y, encoded, self_attention_mask, cross_attention_mask):
+            return layer(y, encoded, self_attention_mask, cross_attention_mask, deterministic), None
+
+        y, _ = _run_layers(
             cfg,
-            DecoderLayer,
+            self.layers,
             cfg.num_decoder_layers,
+            apply_layer,
             y,
-            encoded,
+            shared=(encoded, self_attention_mask, cross_attention_mask),
+        )
+        return self._output_logits(y)
+
+    def cross_attention_key_values(self, encoded: Array) -> LayerKeyValues:
+        """Every layer's cross-attention keys and values, laid out as in `DecodingCache`."""
+        cfg = self.config
+
+        def apply_layer(layer, encoded):
+            return encoded, layer.cross_attention_key_value(encoded)
+
+        _, key_values = _run_layers(cfg, self.layers, cfg.num_decoder_layers, apply_layer, encoded)
+        return key_values
+
+    def decode_step(
+        self,
+        tokens: Array,
+        step: Array,
+        self_attention_cache: LayerKeyValues,
+        cross_attention_key_values: LayerKeyValues,
+        self_attention_mask: Array,
+        cross_attention_mask: Array | None,
+    ) -> tuple[Array, LayerKeyValues]:
+        """Decoder input tokens [batch, 1] at position `step` -> (logits [batch, 1, vocab], cache).
+
+        The caches hold every layer's keys and values, laid out as in `DecodingCache`.
+        """
+        cfg = self.config
+        positions = jnp.full(tokens.shape, step)
+        y = self._embed(tokens, positions, deterministic=True)
+
+        def apply_layer(
+            layer,
+            y,
+            self_attention_cache,
+            cross_attention_key_value,
+            step,
             self_attention_mask,
             cross_attention_mask,
-            deterministic,
+        ):
+            return layer.decode_step(
+                y,
+                step,
+                self_attention_cache,
+                cross_attention_key_value,
+                self_attention_mask,
+                cross_attention_mask,
+            )
+
+        y, self_attention_cache = _run_layers(
+            cfg,
+            self.layers,
+            cfg.num_decoder_layers,
+            apply_layer,
+            y,
+            per_layer=(self_attention_cache, cross_attention_key_values),
+            shared=(step, self_attention_mask, cross_attention_mask),
         )
+        return self._output_logits(y), self_attention_cache
+
+    def _embed(self, tokens: Array, positions: Array | None, deterministic: bool) -> Array:
+        cfg = self.config
+        learned = self.position_embedding if cfg.positional_encoding == "learned" else None
+        return _embed(cfg, self.embedding, learned, self.dropout, tokens, positions, deterministic)
+
+    def _output_logits(self, y: Array) -> Array:
+        """The final LayerNorm (pre-LN only), then the pre-softmax linear map (3.4), in float32."""
+        cfg = self.config
         if cfg.norm_position == "pre":
-            y = layer_norm(cfg, "final_norm")(y)
+            y = self.final_norm(y)
         if cfg.tie_output_embedding:
             return self.embedding.attend(y)
-        logits = nn.Dense(
-            cfg.vocab_size,
-            dtype=cfg.compute_dtype,
-            kernel_init=dense_init,
-            name="logits",
-        )(y)
-        return logits.astype(jnp.float32)
+        return self.logits(y).astype(jnp.float32)
+
+
+@struct.dataclass
+class DecodingCache:
+    """What incremental decoding keeps between steps (`Transformer.init_cache` makes one).
+
+        source_tokens     [batch, src_len]: the cross-attention padding mask is built from them
+        cross_attention   each decoder layer's keys and values [batch, src_len, heads, d_k],
+                          its projection of the encoder output: computed once per source
+        self_attention    each decoder layer's self-attention keys and values
+                          [batch, length, heads, d_k]: step t writes position t
+
+    The per-layer entries are laid out like the parameters: a tuple of `KeyValue`s, one per
+    layer, or with `scan_layers` one `KeyValue` whose arrays have a layer axis after batch
+    ([batch, layers, ...]). Every array has the batch axis first, so `jax.tree.map` can select
+    or reorder rows (beam search does so with `take_along_axis`).
+    """
+
+    source_tokens: Array
+    cross_attention: LayerKeyValues
+    self_attention: LayerKeyValues
+
+    @property
+    def length(self) -> int:
+        """The number of target positions the cache holds."""
+        return jax.tree.leaves(self.self_attention)[0].shape[-3]
 
 
 class Transformer(nn.Module):
@@ -158,6 +311,8 @@ class Transformer(nn.Module):
       encode(source_tokens) -> encoded [batch, src_len, d_model]
       decode(encoded, source_tokens, decoder_input_tokens) -> logits [batch, tgt_len, vocab]
       __call__(source_tokens, decoder_input_tokens) -> logits (encode then decode)
+      init_cache(source_tokens, length) -> DecodingCache (incremental decoding, see decoding.py)
+      decode_step(cache, tokens, step) -> (logits [batch, vocab], cache)
 
     Tokens are int [batch, length], padded with `config.pad_id` on the right. Packed batches
     pass per-token `*_positions` (position within its segment) and `*_segment_ids` (1, 2, ... per
@@ -211,6 +366,50 @@ class Transformer(nn.Module):
         return self.decoder(
             encoded, decoder_input_tokens, self_mask, cross_mask, target_positions, deterministic
         )
+
+    def init_cache(self, source_tokens: Array, length: int) -> DecodingCache:
+        """Start incremental decoding: encode the source once, project it for every decoder
+        layer's cross-attention once, and allocate an empty self-attention cache of `length`
+        target positions (the longest output the decoding loop will produce)."""
+        cfg = self.config
+        encoded = self.encode(source_tokens)
+        batch, layers = source_tokens.shape[0], cfg.num_decoder_layers
+        if cfg.scan_layers:
+            empty = jnp.zeros(
+                (batch, layers, length, cfg.num_heads, cfg.head_dim), cfg.compute_dtype
+            )
+            self_attention = KeyValue(key=empty, value=empty)
+        else:
+            empty = jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.compute_dtype)
+            self_attention = tuple(KeyValue(key=empty, value=empty) for _ in range(layers))
+        return DecodingCache(
+            source_tokens=source_tokens,
+            cross_attention=self.decoder.cross_attention_key_values(encoded),
+            self_attention=self_attention,
+        )
+
+    def decode_step(
+        self, cache: DecodingCache, tokens: Array, step: Array
+    ) -> tuple[Array, DecodingCache]:
+        """One step of incremental decoding.
+
+        `tokens` [batch] are the decoder input tokens at target position `step` (the start token
+        at step 0, then the previous outputs). Returns the float32 logits [batch, vocab] of the
+        next token, equal to `decode(...)[:, step]` over the whole prefix, and the cache with
+        position `step` added. Deterministic (no dropout).
+        """
+        cfg = self.config
+        self_mask = masks.decoder_step_mask(step, cache.length)
+        cross_mask = masks.cross_attention_mask(cache.source_tokens, cfg.pad_id)
+        logits, self_attention = self.decoder.decode_step(
+            tokens[:, None],
+            step,
+            cache.self_attention,
+            cache.cross_attention,
+            self_mask,
+            cross_mask,
+        )
+        return logits[:, 0], cache.replace(self_attention=self_attention)
 
     def __call__(
         self,

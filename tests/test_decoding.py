@@ -1,17 +1,33 @@
-"""Greedy decoding against a plain Python loop over the full forward pass."""
+"""Decoding against independent references: a plain Python loop over the uncached forward pass,
+brute-force enumeration of every output, float64 NumPy scores and NumPy filters."""
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import numpy as np
 import pytest
 from helpers import random_tokens
+from numpy_reference import transformer_logits
 
 import flax_transformer as ft
-from flax_transformer.decoding import greedy_decode, strip_after_eos
+from flax_transformer import masks
+from flax_transformer.decoding import (
+    beam_search,
+    decode_step,
+    greedy_decode,
+    greedy_decode_uncached,
+    init_cache,
+    sample_decode,
+    strip_after_eos,
+    top_k_filter,
+    top_p_filter,
+)
 
 CONFIG = ft.TransformerConfig.tiny(vocab_size=12, num_encoder_layers=1, num_decoder_layers=1)
 BOS, EOS = 1, 2
+MAX_LENGTH = 9  # most tests decode the `source` fixture to this length: one compilation each
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +35,106 @@ def params():
     return ft.init_params(CONFIG, jax.random.key(3))
 
 
+@pytest.fixture(scope="module")
+def eos_biased_params(params):
+    """The model pushed towards eos: its rows finish at different steps, some before the limit."""
+    biased = jax.tree.map(np.array, params)
+    biased["shared_embedding"]["embedding"][EOS] *= 3.0
+    return biased
+
+
+@pytest.fixture(scope="module")
+def source():
+    """Six right-padded source rows of different lengths (row 0 unpadded)."""
+    return random_tokens(np.random.default_rng(0), 6, 7, CONFIG.vocab_size)
+
+
+def hypothesis(row, limit: int) -> list[int]:
+    """An output row as the hypothesis it encodes: up to and including eos, else `limit` tokens."""
+    row = [int(token) for token in row]
+    return row[: row.index(EOS) + 1] if EOS in row[:limit] else row[:limit]
+
+
+def row_limits(source: np.ndarray, max_length: int) -> list[int]:
+    """min(max_length, own non-pad source length + 50), written out for the tests."""
+    return [min(max_length, int((row != CONFIG.pad_id).sum()) + 50) for row in source]
+
+
+def numpy_log_prob(config, params, source_row, tokens: list[int]) -> float:
+    """sum log p(tokens | source) in float64 with the independent NumPy Transformer."""
+    decoder_input = np.array([[BOS] + tokens[:-1]])
+    logits = transformer_logits(params, config.to_dict(), source_row[None], decoder_input)[0]
+    top = logits.max(axis=-1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    return float(sum(log_probs[i, token] for i, token in enumerate(tokens)))
+
+
+def gnmt(length: int, alpha: float) -> float:
+    return ((5 + length) / 6) ** alpha
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+def test_decoder_step_mask_is_a_row_of_the_causal_mask() -> None:
+    causal = np.asarray(masks.causal_mask(6))
+    for step in range(6):
+        step_mask = np.asarray(masks.decoder_step_mask(step, 6))
+        assert step_mask.shape == (1, 1, 1, 6)
+        np.testing.assert_array_equal(step_mask[0, 0, 0], causal[0, 0, step])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # unrolled, post-LN, sinusoidal, tied output, reference attention
+        {"scan_layers": True, "norm_position": "pre", "positional_encoding": "learned"},
+        {"share_embeddings": False, "tie_output_embedding": False, "sinusoid_layout": "halves"},
+        {"attention_implementation": "fused", "scan_layers": True},
+    ],
+)
+def test_cached_steps_equal_the_full_forward_pass_on_the_prefix(overrides) -> None:
+    config = ft.TransformerConfig.tiny(vocab_size=16, **overrides)
+    params = ft.init_params(config, jax.random.key(1))
+    rng = np.random.default_rng(1)
+    source = random_tokens(rng, 3, 6, config.vocab_size)  # padded rows
+    target = rng.integers(1, config.vocab_size, size=(3, 3)).astype(np.int32)
+    cache = init_cache(config, params, source, 6)
+    # Laid out like the parameters: one KeyValue per layer, or one with a layer axis after batch.
+    shape = (3, 6, config.num_heads, config.head_dim)
+    if config.scan_layers:
+        assert cache.self_attention.key.shape == (3, 2) + shape[1:]
+    else:
+        assert [key_value.key.shape for key_value in cache.self_attention] == [shape, shape]
+    for step in range(target.shape[1]):
+        logits, cache = decode_step(config, params, cache, target[:, step], step)
+        full = ft.forward(config, params, source, target[:, : step + 1])
+        np.testing.assert_allclose(logits, full[:, step], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_step_reads_the_source_only_through_the_cache(params, source) -> None:
+    """The cross-attention keys and values are computed once, by init_cache: decode_step runs
+    neither the encoder nor the cross-attention key/value projections, so poisoning those
+    parameters with NaN changes nothing."""
+    cache = init_cache(CONFIG, params, source, MAX_LENGTH)
+    poisoned = jax.tree.map(np.array, params)
+    poisoned["encoder"] = jax.tree.map(lambda leaf: np.full_like(leaf, np.nan), params["encoder"])
+    for projection in ("key", "value"):
+        poisoned["decoder"]["layer_0"]["cross_attention"][projection] = jax.tree.map(
+            lambda leaf: np.full_like(leaf, np.nan),
+            params["decoder"]["layer_0"]["cross_attention"][projection],
+        )
+    tokens = np.full((len(source),), BOS, np.int32)
+    for step in range(2):
+        expected, _ = decode_step(CONFIG, params, cache, tokens, step)
+        got, cache = decode_step(CONFIG, poisoned, cache, tokens, step)
+        np.testing.assert_array_equal(got, expected)
+        tokens = np.asarray(np.argmax(got, axis=-1), np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy decoding
+# ---------------------------------------------------------------------------------------------
 def python_loop_greedy(params, source: np.ndarray, max_length: int) -> list[list[int]]:
     """Grow each prefix one token at a time with the uncached forward pass; stop at eos."""
     outputs = []
@@ -34,13 +150,9 @@ def python_loop_greedy(params, source: np.ndarray, max_length: int) -> list[list
     return outputs
 
 
-def test_greedy_decode_equals_the_python_loop(params, rng) -> None:
-    # Bias the model towards eos on some rows only, so that rows finish at different steps.
-    biased = jax.tree.map(np.array, params)
-    biased["shared_embedding"]["embedding"][EOS] *= 3.0
-    source = random_tokens(rng, 6, 7, CONFIG.vocab_size)
-    max_length = 9
-    for weights in (params, biased):
+def test_greedy_decode_equals_the_python_loop(params, eos_biased_params, source) -> None:
+    max_length = MAX_LENGTH
+    for weights in (params, eos_biased_params):
         expected = python_loop_greedy(weights, source, max_length)
         output = np.asarray(
             greedy_decode(CONFIG, weights, source, bos_id=BOS, eos_id=EOS, max_length=max_length)
@@ -55,9 +167,310 @@ def test_greedy_decode_equals_the_python_loop(params, rng) -> None:
     assert any(len(tokens) == max_length and EOS not in tokens for tokens in expected)
 
 
+@pytest.mark.parametrize("scanned", [False, True])
+def test_cached_greedy_equals_uncached_greedy(eos_biased_params, source, scanned) -> None:
+    config, weights = CONFIG, eos_biased_params
+    if scanned:
+        config = CONFIG.replace(scan_layers=True, attention_implementation="fused")
+        weights = ft.stack_layer_params(weights)
+    for max_length in (None, MAX_LENGTH):
+        cached = greedy_decode(
+            config, weights, source, bos_id=BOS, eos_id=EOS, max_length=max_length
+        )
+        uncached = greedy_decode_uncached(
+            config, weights, source, bos_id=BOS, eos_id=EOS, max_length=max_length
+        )
+        np.testing.assert_array_equal(cached, uncached)
+    assert (np.asarray(cached) == EOS).any()
+
+
+def test_rows_stop_at_their_source_length_plus_50(params) -> None:
+    # EOS pushed away, so that every row runs to its length limit.
+    no_eos = jax.tree.map(np.array, params)
+    no_eos["shared_embedding"]["embedding"][EOS] *= -3.0
+    source = np.zeros((2, 10), np.int32)
+    source[0, :3] = [4, 5, 6]  # 3 tokens: at most 53 outputs
+    source[1, :] = 7  # 10 tokens: at most 60 outputs
+    for max_length, buffer, limits in ((None, 60, (53, 60)), (55, 55, (53, 55))):
+        for decode in (greedy_decode, greedy_decode_uncached):
+            output = np.asarray(
+                decode(CONFIG, no_eos, source, bos_id=BOS, eos_id=EOS, max_length=max_length)
+            )
+            assert output.shape == (2, buffer)
+            assert not (output == EOS).any()  # the premise: no row stopped at eos
+            for row, limit in zip(output, limits, strict=True):
+                assert (row[limit:] == CONFIG.pad_id).all()
+                assert row[limit - 1] != CONFIG.pad_id
+    # The default buffer is capped by config.max_len (64 < 10 + 50 + 20 padding columns).
+    padded = np.pad(source, ((0, 0), (0, 20)))
+    output = np.asarray(greedy_decode(CONFIG, no_eos, padded, bos_id=BOS, eos_id=EOS))
+    assert output.shape == (2, CONFIG.max_len)
+    unpadded = greedy_decode(CONFIG, no_eos, source, bos_id=BOS, eos_id=EOS)
+    np.testing.assert_array_equal(output[:, :60], unpadded)
+    assert (output[:, 60:] == CONFIG.pad_id).all()
+
+
+def test_results_do_not_depend_on_other_rows_or_padding(eos_biased_params, source) -> None:
+    rng = np.random.default_rng(7)
+    other_rows = source.copy()
+    other_rows[1:] = random_tokens(rng, 5, 7, CONFIG.vocab_size)
+    more_padding = np.pad(source, ((0, 0), (0, 5)))
+    key = jax.random.key(0)
+    decoders = {
+        "greedy": lambda s: greedy_decode(
+            CONFIG, eos_biased_params, s, bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH
+        ),
+        "beam": lambda s: beam_search(
+            CONFIG, eos_biased_params, s, bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH
+        ),
+        "sample": lambda s: sample_decode(
+            CONFIG, eos_biased_params, s, key, bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH
+        ),
+    }
+    for name, decode in decoders.items():
+        base = jax.tree.map(np.asarray, decode(source))
+        changed = jax.tree.map(np.asarray, decode(other_rows))
+        padded = jax.tree.map(np.asarray, decode(more_padding))
+        for expected, got in zip(jax.tree.leaves(base), jax.tree.leaves(changed), strict=True):
+            np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, err_msg=name)
+        for expected, got in zip(jax.tree.leaves(base), jax.tree.leaves(padded), strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=name)
+
+
 def test_strip_after_eos() -> None:
     tokens = np.array([[5, 6, EOS, 7, 0], [5, 0, 6, 0, 0], [EOS, 0, 0, 0, 0]])
     assert strip_after_eos(tokens, EOS, 0) == [[5, 6], [5, 6], []]
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam search
+# ---------------------------------------------------------------------------------------------
+def test_beam_size_one_is_greedy_when_alpha_is_zero(params, eos_biased_params, source) -> None:
+    """Beam size 1 follows the greedy path: only the best extension can finish. With alpha = 0,
+    a finished score is a log-probability, which extending the alive runner-up can only lower,
+    so the search stops where greedy decoding stops. With alpha > 0 it may keep searching and
+    find a better-normalised hypothesis: never a worse one."""
+    max_length = MAX_LENGTH
+    limits = row_limits(source, max_length)
+    same_as_greedy = 0
+    for weights in (params, eos_biased_params):
+        greedy = np.asarray(
+            greedy_decode(CONFIG, weights, source, bos_id=BOS, eos_id=EOS, max_length=max_length)
+        )
+        for alpha in (0.0, 0.6):
+            tokens, scores = beam_search(
+                CONFIG,
+                weights,
+                source,
+                bos_id=BOS,
+                eos_id=EOS,
+                beam_size=1,
+                length_penalty=alpha,
+                max_length=max_length,
+            )
+            assert tokens.shape == (6, 1, max_length) and scores.shape == (6, 1)
+            for row in range(len(source)):
+                greedy_tokens = hypothesis(greedy[row], limits[row])
+                greedy_score = numpy_log_prob(CONFIG, weights, source[row], greedy_tokens) / gnmt(
+                    len(greedy_tokens), alpha
+                )
+                if alpha == 0.0 or np.array_equal(tokens[row, 0], greedy[row]):
+                    np.testing.assert_array_equal(tokens[row, 0], greedy[row])
+                    np.testing.assert_allclose(scores[row, 0], greedy_score, rtol=1e-5)
+                    same_as_greedy += alpha > 0
+                else:
+                    assert scores[row, 0] >= greedy_score - 1e-5
+    assert same_as_greedy  # the alpha > 0 score check was exercised
+
+
+def test_beam_search_finds_the_brute_force_best() -> None:
+    """Every output of length <= 3 over a vocabulary of 5, scored in float64, against beam search.
+
+    Beam size 20 = (V - 1)^(L - 2) * V makes the search exhaustive. At a step d < L - 1 (0-based)
+    the alive prefixes are all (V - 1)^d prefixes without eos, so their (V - 1)^d * V <= 20
+    extensions all lie within the beam: each one that ends in eos is finished, and each of the
+    (V - 1)^(d + 1) <= 20 others stays alive. At the last step every extension ends (the length
+    limit) with the same length penalty, so the beam, the 20 best by log-probability, holds the
+    best one. Nothing that could win is ever pruned.
+    """
+    config = ft.TransformerConfig.tiny(vocab_size=5, num_encoder_layers=1, num_decoder_layers=1)
+    weights = ft.init_params(config, jax.random.key(3))
+    source = random_tokens(np.random.default_rng(2), 3, 5, config.vocab_size)
+    vocab, max_length, alpha = config.vocab_size, 3, 0.6
+    tokens, scores = beam_search(
+        config,
+        weights,
+        source,
+        bos_id=BOS,
+        eos_id=EOS,
+        beam_size=(vocab - 1) ** (max_length - 2) * vocab,
+        length_penalty=alpha,
+        max_length=max_length,
+    )
+    non_eos = [token for token in range(vocab) if token != EOS]
+    winners = []
+    for row in range(len(source)):
+        candidates = [
+            list(prefix) + [EOS]
+            for n in range(max_length)
+            for prefix in itertools.product(non_eos, repeat=n)
+        ]
+        candidates += [list(prefix) for prefix in itertools.product(non_eos, repeat=max_length)]
+        scored = [
+            (numpy_log_prob(config, weights, source[row], c) / gnmt(len(c), alpha), c)
+            for c in candidates
+        ]
+        best_score, best = max(scored)
+        winners.append(best)
+        assert hypothesis(tokens[row, 0], max_length) == best
+        np.testing.assert_allclose(scores[row, 0], best_score, rtol=1e-5)
+        assert np.all(np.diff(np.asarray(scores[row])) <= 0)
+    # The seed was picked so that some winners end at eos and others at the length limit.
+    assert {best[-1] == EOS for best in winners} == {True, False}
+
+
+def test_beam_search_scores_are_correct_and_sorted(eos_biased_params, source) -> None:
+    max_length, alpha = MAX_LENGTH, 0.6
+    tokens, scores = beam_search(
+        CONFIG,
+        eos_biased_params,
+        source,
+        bos_id=BOS,
+        eos_id=EOS,
+        beam_size=4,
+        length_penalty=alpha,
+        max_length=max_length,
+    )
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    assert tokens.shape == (6, 4, max_length) and tokens.dtype == np.int32
+    assert scores.shape == (6, 4) and scores.dtype == np.float32
+    limits = row_limits(source, max_length)
+    kinds = set()
+    for row in range(len(source)):
+        assert np.all(np.diff(scores[row]) <= 0)  # best first
+        found = [hypothesis(tokens[row, k], limits[row]) for k in range(4)]
+        assert len({tuple(h) for h in found}) == 4  # four different hypotheses
+        for k, tokens_k in enumerate(found):
+            expected = numpy_log_prob(CONFIG, eos_biased_params, source[row], tokens_k)
+            expected /= gnmt(len(tokens_k), alpha)
+            np.testing.assert_allclose(scores[row, k], expected, rtol=1e-5, atol=1e-5)
+            assert (tokens[row, k, len(tokens_k) :] == CONFIG.pad_id).all()
+            kinds.add("eos" if tokens_k[-1] == EOS else "limit")
+    # Both ways of finishing occur: eos, and the length limit (kept, not lost).
+    assert kinds == {"eos", "limit"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+def numpy_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep a logit when fewer than k logits of its row are larger."""
+    larger = (logits[..., None, :] > logits[..., :, None]).sum(axis=-1)
+    return np.where(larger < k, logits, -np.inf)
+
+
+def numpy_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep a token when the tokens strictly more likely than it hold less than p of the mass."""
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    more_likely = probs[..., None, :] > probs[..., :, None]
+    mass_before = (more_likely * probs[..., None, :]).sum(axis=-1)
+    return np.where(mass_before < p, logits, -np.inf)
+
+
+def numpy_softmax(logits: np.ndarray) -> np.ndarray:
+    exps = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def test_top_k_filter_matches_numpy() -> None:
+    logits = np.random.default_rng(3).standard_normal((5, 12)).astype(np.float32)
+    for k in (1, 3, 12):
+        np.testing.assert_array_equal(top_k_filter(logits, k), numpy_top_k(logits, k))
+    np.testing.assert_array_equal(top_k_filter(logits, 0), logits)  # 0 = off
+    tied = np.array([[1.0, 3.0, 2.0, 3.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(top_k_filter(tied, 3), [[-np.inf, 3.0, 2.0, 3.0, 2.0]])
+
+
+def test_top_p_filter_matches_numpy() -> None:
+    logits = np.random.default_rng(4).standard_normal((5, 12)).astype(np.float32) * 2
+    probs = numpy_softmax(logits.astype(np.float64))
+    for p in (1e-6, 0.3, 0.75, 0.95):
+        # The premise: no token sits at the boundary, where float32 rounding could decide.
+        cumulative = np.cumsum(-np.sort(-probs, axis=-1), axis=-1)
+        assert np.abs(cumulative - p).min() > 1e-4
+        np.testing.assert_array_equal(top_p_filter(logits, p), numpy_top_p(logits, p))
+    np.testing.assert_array_equal(top_p_filter(logits, 1.0), logits)  # 1 = off
+    assert (np.isfinite(np.asarray(top_p_filter(logits, 1e-6))).sum(axis=-1) == 1).all()
+
+
+def test_sampling_without_randomness_is_greedy(eos_biased_params, source) -> None:
+    greedy = greedy_decode(
+        CONFIG, eos_biased_params, source, bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH
+    )
+    for settings in ({"temperature": 1e-6}, {"top_k": 1}, {"top_p": 1e-6}):
+        sampled = sample_decode(
+            CONFIG,
+            eos_biased_params,
+            source,
+            jax.random.key(0),
+            bos_id=BOS,
+            eos_id=EOS,
+            max_length=MAX_LENGTH,
+            **settings,
+        )
+        np.testing.assert_array_equal(sampled, greedy, err_msg=str(settings))
+
+
+def test_sampling_is_reproducible_and_ends_rows_at_eos(eos_biased_params, source) -> None:
+    def sample(seed):
+        return np.asarray(
+            sample_decode(
+                CONFIG,
+                eos_biased_params,
+                source,
+                jax.random.key(seed),
+                bos_id=BOS,
+                eos_id=EOS,
+                max_length=MAX_LENGTH,
+            )
+        )
+
+    first, again, other = sample(1), sample(1), sample(2)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    for row in np.concatenate([first, other]):
+        if EOS in row.tolist():
+            assert (row[row.tolist().index(EOS) + 1 :] == CONFIG.pad_id).all()
+    assert any(EOS in row.tolist() for row in first)  # some rows did stop early
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"temperature": 0.7}, {"top_k": 3}, {"temperature": 1.5, "top_k": 8, "top_p": 0.6}],
+)
+def test_first_token_frequencies_match_the_filtered_softmax(params, settings) -> None:
+    """4000 rows of one source sentence: the first sampled tokens are 4000 independent draws."""
+    rows = 4000
+    source = np.repeat(np.array([[4, 5, 6, 7, 0]], np.int32), rows, axis=0)
+    logits = np.asarray(ft.forward(CONFIG, params, source[:1], np.array([[BOS]])), np.float64)
+    logits = logits[0, 0] / settings.get("temperature", 1.0)
+    top_k = settings.get("top_k", 0) or CONFIG.vocab_size  # 0 = off: keep all
+    logits = numpy_top_p(numpy_top_k(logits, top_k), settings.get("top_p", 1.0))
+    expected = numpy_softmax(logits)
+    sampled = sample_decode(
+        CONFIG, params, source, jax.random.key(3), bos_id=BOS, eos_id=EOS, max_length=1, **settings
+    )
+    frequencies = np.bincount(np.asarray(sampled)[:, 0], minlength=CONFIG.vocab_size) / rows
+    assert (frequencies[expected == 0] == 0).all()  # filtered tokens are never drawn
+    tolerance = 5 * np.sqrt(expected * (1 - expected) / rows) + 1e-3
+    assert (np.abs(frequencies - expected) <= tolerance).all(), (frequencies, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------------------------
+GOOD_SOURCE = np.ones((1, 3), np.int32)
 
 
 @pytest.mark.parametrize(
@@ -65,11 +478,55 @@ def test_strip_after_eos() -> None:
     [
         ({"bos_id": 12}, "bos_id=12 is outside the vocabulary"),
         ({"eos_id": -1}, "eos_id=-1 is outside the vocabulary"),
+        ({"eos_id": 2.0}, "eos_id must be an int token id"),
         ({"max_length": 0}, r"max_length must be in \[1, config.max_len=64\]"),
         ({"max_length": 65}, "max_length must be in"),
+        ({"max_length": 4.5}, "max_length must be an int or None"),
     ],
 )
-def test_greedy_decode_rejects_bad_arguments(params, kwargs, message) -> None:
+@pytest.mark.parametrize("decode", [greedy_decode, greedy_decode_uncached, beam_search])
+def test_decoders_reject_bad_arguments(params, decode, kwargs, message) -> None:
     arguments = {"bos_id": BOS, "eos_id": EOS, "max_length": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
-        greedy_decode(CONFIG, params, np.ones((1, 3), np.int32), **arguments)
+        decode(CONFIG, params, GOOD_SOURCE, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beam_size": 0}, "beam_size must be an int >= 1"),
+        ({"beam_size": 2.0}, "beam_size must be an int >= 1"),
+        ({"length_penalty": -0.1}, r"length_penalty \(alpha\) must be a finite float >= 0"),
+        ({"length_penalty": float("nan")}, "length_penalty"),
+    ],
+)
+def test_beam_search_rejects_bad_arguments(params, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        beam_search(CONFIG, params, GOOD_SOURCE, bos_id=BOS, eos_id=EOS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be a positive finite float"),
+        ({"temperature": -1.0}, "temperature must be a positive finite float"),
+        ({"top_k": -1}, r"top_k must be an int in \[0, vocab_size=12\]"),
+        ({"top_k": 13}, "top_k must be an int in"),
+        ({"top_p": 0.0}, r"top_p must be a float in \(0, 1\]"),
+        ({"top_p": 1.5}, "top_p must be a float in"),
+        ({"bos_id": 99}, "bos_id=99 is outside the vocabulary"),
+    ],
+)
+def test_sample_decode_rejects_bad_arguments(params, kwargs, message) -> None:
+    arguments = {"bos_id": BOS, "eos_id": EOS, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        sample_decode(CONFIG, params, GOOD_SOURCE, jax.random.key(0), **arguments)
+
+
+def test_source_tokens_and_cache_length_are_checked(params) -> None:
+    with pytest.raises(ValueError, match="source_tokens holds 1 id.* the first is 12"):
+        greedy_decode(CONFIG, params, np.array([[3, 12]]), bos_id=BOS, eos_id=EOS)
+    with pytest.raises(ValueError, match=r"source_tokens must have shape \[batch, length\]"):
+        beam_search(CONFIG, params, np.array([3, 4]), bos_id=BOS, eos_id=EOS, check_inputs=False)
+    with pytest.raises(ValueError, match=r"length must be an int in \[1, config.max_len=64\]"):
+        init_cache(CONFIG, params, GOOD_SOURCE, 0)
