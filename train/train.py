@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -30,7 +30,6 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_transformer import TransformerConfig
-from flax_transformer.decoding import greedy_decode, strip_after_eos
 from flax_transformer.parallel import DataParallel
 from flax_transformer.training import (
     create_train_state,
@@ -39,12 +38,14 @@ from flax_transformer.training import (
     transformer_schedule,
     with_cooldown,
 )
-from train import data
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.data import batching
+from train.data.tasks import DATASETS, EvalSplit, load_task
+from train.evaluation import DECODING_METHODS, DecodingOptions, evaluate
 from train.metric_writers import MetricWriter
 
-DATASETS = ("number_words",)
 PARALLEL_MODES = ("single", "pmap", "mesh")
+BATCHING_MODES = ("examples", *batching.BATCHING_MODES)
 
 
 @dataclasses.dataclass
@@ -71,11 +72,22 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         "eval_every_steps",
         "checkpoint_every_steps",
         "keep_checkpoints",
+        "batch_tokens",
+        "max_length",
+        "tokenizer_vocab_size",
+        "beam_size",
     )
     for name in positive:
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
-    non_negative = ("num_validation_examples", "num_samples", "weight_decay")
+    non_negative = (
+        "num_validation_examples",
+        "num_samples",
+        "weight_decay",
+        "pack_length",
+        "eval_max_length",
+        "tokenizer_train_pairs",
+    )
     for name in (*non_negative, "clip_norm"):
         if config[name] < 0:
             raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
@@ -85,12 +97,53 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
-    if config.dataset not in DATASETS:
-        raise ValueError(f"config.dataset must be one of {list(DATASETS)}, got {config.dataset!r}")
-    if config.parallel not in PARALLEL_MODES:
+    choices = {
+        "dataset": DATASETS,
+        "parallel": PARALLEL_MODES,
+        "batching": BATCHING_MODES,
+        "validation_decoding": ("", *DECODING_METHODS),
+        "test_decoding": DECODING_METHODS,
+    }
+    for name, allowed in choices.items():
+        if config[name] not in allowed:
+            raise ValueError(f"config.{name} must be one of {list(allowed)}, got {config[name]!r}")
+    if (config.dataset == "number_words") != (config.batching == "examples"):
         raise ValueError(
-            f"config.parallel must be one of {list(PARALLEL_MODES)}, got {config.parallel!r}"
+            f"config.batching={config.batching!r} does not go with config.dataset="
+            f"{config.dataset!r}: the built-in number_words task uses 'examples' (batches of "
+            "config.batch_size pairs), text datasets use 'padded', 'bucketed' or 'packed' "
+            "(batches of config.batch_tokens tokens)"
         )
+
+
+def optimizer_from(
+    config: ml_collections.ConfigDict, model_config: TransformerConfig
+) -> tuple[Any, Any]:
+    """(learning-rate schedule, optax optimizer) of a training config."""
+    schedule = with_cooldown(
+        transformer_schedule(model_config.d_model, config.warmup_steps, config.learning_rate_scale),
+        config.num_train_steps,
+        round(config.cooldown_fraction * config.num_train_steps),
+    )
+    optimizer = make_optimizer(
+        schedule,
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        clip_norm=config.clip_norm or None,
+        weight_decay=config.weight_decay,
+    )
+    return schedule, optimizer
+
+
+def decoding_options(config: ml_collections.ConfigDict, method: str) -> DecodingOptions:
+    """Decoding as configured; the built-in task decodes up to its target length."""
+    return DecodingOptions(
+        method=method,
+        beam_size=config.beam_size,
+        length_penalty=config.length_penalty,
+        max_length=None,
+    )
 
 
 def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
@@ -104,58 +157,6 @@ def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> Tra
             f"vocabulary ({vocab_size} ids); set it to 0 to use the tokenizer's size"
         )
     return TransformerConfig.from_dict(fields)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-def evaluate(
-    parallel: DataParallel,
-    state: Any,
-    params: Any,
-    batches: Iterable[Mapping[str, np.ndarray]],
-    *,
-    model_config: TransformerConfig,
-    vocabulary: Any,
-    max_examples: int = 0,
-) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Loss, token accuracy and greedy exact-match over `batches`; also (source, output, reference).
-
-    Exact match: the greedy output equals the reference target token for token (up to eos).
-    Filler rows of the last batch ("example_mask" 0) are not counted.
-    """
-    sums, examples = [], []
-    matches = 0
-    for batch in batches:
-        sums.append(parallel.eval_step(state, parallel.put_batch(batch)))
-        outputs = greedy_decode(
-            model_config,
-            params,
-            batch["source"],
-            bos_id=vocabulary.bos_id,
-            eos_id=vocabulary.eos_id,
-            max_length=batch["target"].shape[1],
-            check_inputs=False,
-        )
-        hypotheses = strip_after_eos(outputs, vocabulary.eos_id, vocabulary.pad_id)
-        references = strip_after_eos(batch["target"], vocabulary.eos_id, vocabulary.pad_id)
-        for row, real in enumerate(batch["example_mask"]):
-            if not real or (max_examples and len(examples) >= max_examples):
-                continue
-            matches += hypotheses[row] == references[row]
-            examples.append(
-                (
-                    vocabulary.decode(batch["source"][row]),
-                    vocabulary.decode(hypotheses[row]),
-                    vocabulary.decode(references[row]),
-                )
-            )
-        if max_examples and len(examples) >= max_examples:
-            break
-    summary = summarize_metrics(sums)
-    summary["exact_match"] = matches / max(len(examples), 1)
-    summary["examples"] = float(len(examples))
-    return summary, examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,34 +193,24 @@ class _StopRequest:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def _load_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
-    data_dir = (
-        config.data_dir
-        or os.environ.get("TFDS_DATA_DIR")
-        or os.path.expanduser("~/tensorflow_datasets")
-    )
-    builder = data.prepare_number_words(data_dir)
-    sources = {
-        split: builder.as_data_source(split=split) for split in ("train", "validation", "test")
-    }
-    return data.number_words_vocabulary(), sources
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
     _check_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
 
-    vocabulary, sources = _load_data(config)
-    lengths = [data.max_lengths(source, vocabulary) for source in sources.values()]
-    source_len = max(length[0] for length in lengths)
-    target_len = max(length[1] for length in lengths)
+    # The device count is known before any data is read: batches split evenly over devices.
+    num_devices = {"single": 1, "pmap": jax.local_device_count()}.get(
+        config.parallel, jax.device_count()
+    )
+    task = load_task(config, workdir, row_multiple=num_devices)
+    tqdm.write(task.summary)
+    vocabulary = task.vocabulary
     model_config = model_config_from(config, vocabulary.vocab_size)
-    if max(source_len, target_len) > model_config.max_len:
+    if task.max_length > model_config.max_len:
         raise ValueError(
-            f"the data needs sequences of {max(source_len, target_len)} tokens but "
-            f"config.model.max_len is {model_config.max_len}"
+            f"the data needs sequences of {task.max_length} tokens but config.model.max_len is "
+            f"{model_config.max_len}"
         )
 
     parallel = DataParallel(
@@ -227,22 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         model_config=model_config,
         label_smoothing=config.label_smoothing,
     )
-    parallel.check_batch_size(config.batch_size)
     parallel.check_batch_size(config.eval_batch_size)
+    if config.dataset == "number_words":
+        parallel.check_batch_size(config.batch_size)
 
-    schedule = with_cooldown(
-        transformer_schedule(model_config.d_model, config.warmup_steps, config.learning_rate_scale),
-        config.num_train_steps,
-        round(config.cooldown_fraction * config.num_train_steps),
-    )
-    optimizer = make_optimizer(
-        schedule,
-        b1=config.adam_b1,
-        b2=config.adam_b2,
-        eps=config.adam_eps,
-        clip_norm=config.clip_norm or None,
-        weight_decay=config.weight_decay,
-    )
+    schedule, optimizer = optimizer_from(config, model_config)
     init_key = jax.random.key(config.seed)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     run_config = {"model": model_config.to_dict(), "train": config.to_dict()}
@@ -265,52 +245,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as file:
         json.dump(run_config, file, indent=2, sort_keys=True)
 
-    train_data = data.train_batches(
-        sources["train"],
-        vocabulary,
-        batch_size=config.batch_size,
-        source_len=source_len,
-        target_len=target_len,
-        seed=config.seed,
+    train_data = task.train
+    validation_options = (
+        decoding_options(config, config.validation_decoding) if config.validation_decoding else None
     )
-
-    def eval_data(split: str) -> list[dict[str, np.ndarray]]:
-        batches = data.eval_batches(
-            sources[split],
-            vocabulary,
-            batch_size=config.eval_batch_size,
-            source_len=source_len,
-            target_len=target_len,
-        )
-        return [batches[index] for index in range(len(batches))]
-
-    validation_batches = eval_data("validation")
 
     writer = MetricWriter(workdir)
     state = parallel.put_state(state)
     validation: dict[str, float] = {}
     step = start_step
 
-    def run_validation(step: int) -> dict[str, float]:
-        params = parallel.get_state(state).params
-        summary, examples = evaluate(
+    def run_evaluation(
+        split: EvalSplit, options: DecodingOptions | None, max_examples: int = 0
+    ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+        batches = split.batches
+        if max_examples:  # the batches of the first max_examples examples; decode only those
+            batches = [
+                {
+                    **b,
+                    "example_index": np.where(
+                        b["example_index"] < max_examples, b["example_index"], -1
+                    ),
+                }
+                for b in batches
+                if (b["example_index"][b["example_index"] >= 0] < max_examples).any()
+            ]
+        return evaluate(
             parallel,
             state,
-            params,
-            validation_batches,
+            parallel.get_state(state).params,
+            batches,
             model_config=model_config,
             vocabulary=vocabulary,
-            max_examples=config.num_validation_examples,
+            references=split.references,
+            sources=split.sources,
+            options=options,
+        )
+
+    def report(step: int, name: str, summary: Mapping[str, float], examples: Any) -> None:
+        line = (
+            f"step {step}: {name} loss {summary['loss']:.4f}, token accuracy "
+            f"{summary['accuracy']:.2%}"
+        )
+        if "bleu" in summary:
+            line += (
+                f", BLEU {summary['bleu']:.2f}, chrF {summary['chrf']:.2f}, exact match "
+                f"{summary['exact_match']:.2%} ({int(summary['examples'])} examples)"
+            )
+        tqdm.write(line)
+        for source, output, reference in examples[: config.num_samples]:
+            tqdm.write(f"  {source}\n    -> {output}\n    reference: {reference}")
+
+    def run_validation(step: int) -> dict[str, float]:
+        summary, examples = run_evaluation(
+            task.validation, validation_options, config.num_validation_examples
         )
         writer.write(step, "validation", summary)
-        tqdm.write(
-            f"step {step}: validation loss {summary['loss']:.4f}, token accuracy "
-            f"{summary['accuracy']:.2%}, exact match {summary['exact_match']:.2%} "
-            f"({int(summary['examples'])} examples)"
-        )
-        for source, output, reference in examples[: config.num_samples]:
-            mark = "ok" if output == reference else "WRONG, expected: " + reference
-            tqdm.write(f"  {source} -> {output}   [{mark}]")
+        report(step, "validation", summary, examples)
         return summary
 
     def save(step: int, metrics: Mapping[str, float] | None) -> None:
@@ -373,21 +364,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 "Run the same command to resume."
             )
             return TrainResult(step, True, validation, {})
-        params = parallel.get_state(state).params
-        test, examples = evaluate(
-            parallel,
-            state,
-            params,
-            eval_data("test"),
-            model_config=model_config,
-            vocabulary=vocabulary,
-        )
+        options = decoding_options(config, config.test_decoding)
+        tqdm.write(f"Evaluating on the test split with {options.describe()}")
+        test, examples = run_evaluation(task.test, options)
         writer.write(step, "test", test)
-    tqdm.write(
-        f"test: loss {test['loss']:.4f}, token accuracy {test['accuracy']:.2%}, "
-        f"exact match {test['exact_match']:.2%} ({int(test['examples'])} examples)"
-    )
+    report(step, "test", test, examples)
     return TrainResult(step, False, validation, test)
 
 
-__all__ = ["TrainResult", "evaluate", "model_config_from", "train_and_evaluate"]
+__all__ = [
+    "TrainResult",
+    "decoding_options",
+    "model_config_from",
+    "optimizer_from",
+    "train_and_evaluate",
+]

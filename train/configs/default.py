@@ -26,6 +26,27 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128  # global: split over the devices
     config.eval_batch_size = 256
 
+    # Text datasets ("parallel_text": a directory of {split}.{language} files in data_path;
+    # "tfds": a catalog translation dataset such as "wmt14_translate/de-en"). See
+    # train/configs/multi30k.py. Unused by number_words.
+    config.data_path = ""
+    config.tfds_name = ""
+    config.source_language = ""
+    config.target_language = ""
+    config.train_split = "train"
+    config.validation_split = "validation"
+    config.test_split = "test"
+    # SentencePiece, shared by both languages, trained on the train split and kept in the workdir.
+    config.tokenizer_vocab_size = 8000
+    config.tokenizer_train_pairs = 0  # 0 = every training pair; else an evenly spread subset
+    # "examples": batch_size pairs per batch (number_words). Text datasets: "padded", "bucketed"
+    # or "packed", about batch_tokens tokens per side per batch (see train/data/batching.py).
+    config.batching = "examples"
+    config.batch_tokens = 4096
+    config.max_length = 128  # training pairs with a longer side (with eos) are dropped
+    config.pack_length = 0  # packed row length; 0 = max_length
+    config.eval_max_length = 0  # longest evaluation sentence accepted; 0 = model.max_len
+
     # Optimisation (paper section 5.3 / 5.4, with a short warm-up for a short run).
     config.num_train_steps = 1500
     config.warmup_steps = 200
@@ -49,6 +70,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.num_validation_examples = 1000  # 0 = the whole split
     config.num_samples = 3  # sample translations printed at each evaluation
+    # Decoding for validation ("" = loss only) and for the final test evaluation. The paper:
+    # beam search, beam 4, length penalty 0.6, outputs up to source length + 50 (section 6.1).
+    config.validation_decoding = "greedy"
+    config.test_decoding = "greedy"
+    config.beam_size = 4
+    config.length_penalty = 0.6
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.progress_bar = True

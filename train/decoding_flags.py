@@ -1,0 +1,45 @@
+"""Flags shared by `python -m train.evaluate` and `python -m train.translate`."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from train.evaluation import DECODING_METHODS, DecodingOptions
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run of `python -m train`.")
+STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the latest).")
+AVERAGE_LAST = flags.DEFINE_integer(
+    "average_last",
+    1,
+    "Average the parameters of the last K checkpoints up to --step (the paper averages the "
+    "last 5; the run must have kept them: config.keep_checkpoints).",
+)
+DECODING = flags.DEFINE_enum(
+    "decoding", "beam", list(DECODING_METHODS), "Decoding: beam search, greedy or sampling."
+)
+BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "Beam size (paper: 4).")
+LENGTH_PENALTY = flags.DEFINE_float(
+    "length_penalty", 0.6, "GNMT length penalty alpha of beam search (paper: 0.6)."
+)
+TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0 = all).")
+TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of mass >= p.")
+SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+MAX_LENGTH = flags.DEFINE_integer(
+    "max_length", None, "Output length limit (default: source length + 50, as in the paper)."
+)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sentences decoded per batch.")
+flags.mark_flag_as_required("workdir")
+
+
+def options() -> DecodingOptions:
+    return DecodingOptions(
+        method=DECODING.value,
+        beam_size=BEAM_SIZE.value,
+        length_penalty=LENGTH_PENALTY.value,
+        temperature=TEMPERATURE.value,
+        top_k=TOP_K.value,
+        top_p=TOP_P.value,
+        seed=SEED.value,
+        max_length=MAX_LENGTH.value,
+    )

@@ -1,0 +1,89 @@
+"""Score a trained run: `python -m train.evaluate --workdir=DIR [--split=test]`.
+
+Decodes every source sentence of the split (beam search by default: beam 4, length penalty 0.6,
+outputs up to source length + 50, as in the paper), writes the detokenized hypotheses to a file
+(one per line, in the split's order), and prints corpus BLEU and chrF computed by sacrebleu on
+detokenized text against the references, with sacrebleu's signatures.
+
+  --split         validation or test (or the dataset's own name, e.g. test2016)
+  --average_last  average the last K checkpoints (the paper averages 5)
+  --output        hypotheses file (default: WORKDIR/translations/SPLIT-STEP-DECODING.txt,
+                  SPLIT-STEP-averageK-DECODING.txt with --average_last=K)
+  --decoding      beam | greedy | sample, with --beam_size, --length_penalty, --temperature,
+                  --top_k, --top_p, --seed, --max_length
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from train import decoding_flags
+
+_SPLIT = flags.DEFINE_string("split", "test", "validation or test (or the dataset's split name).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the hypotheses.")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow_datasets as tfds
+
+    from train.data.tasks import evaluation_split
+    from train.evaluation import decode_batches, score
+    from train.workdir import load_run
+
+    tfds.disable_progress_bar()
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    workdir = os.path.abspath(decoding_flags.WORKDIR.value)
+    options = decoding_flags.options()
+    run = load_run(
+        workdir, step=decoding_flags.STEP.value, average_last=decoding_flags.AVERAGE_LAST.value
+    )
+    run.config.eval_batch_size = decoding_flags.BATCH_SIZE.value
+    vocabulary, split = evaluation_split(run.config, workdir, _SPLIT.value)
+    start = time.perf_counter()
+    outputs = decode_batches(run.model_config, run.params, split.batches, vocabulary, options)
+    seconds = time.perf_counter() - start
+    hypotheses = [outputs[index] for index in range(len(split.references))]
+    scores = score(hypotheses, split.references)
+
+    averaged = f"-average{len(run.steps)}" if len(run.steps) > 1 else ""
+    output = _OUTPUT.value or os.path.join(
+        workdir, "translations", f"{split.name}-{run.steps[-1]}{averaged}-{options.method}.txt"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as file:
+        file.writelines(f"{line}\n" for line in hypotheses)
+    result = {
+        "split": split.name,
+        "sentences": len(hypotheses),
+        "params": run.describe(),
+        "decoding": options.describe(),
+        "bleu": round(scores["bleu"], 2),
+        "chrf": round(scores["chrf"], 2),
+        "bleu_signature": scores["bleu_signature"],
+        "chrf_signature": scores["chrf_signature"],
+        "decode_seconds": round(seconds, 1),
+        "hypotheses": output,
+    }
+    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2)
+    print(
+        f"{split.name}: {len(hypotheses)} sentences, {run.describe()}, {options.describe()}, "
+        f"decoded in {seconds:.1f} s\n"
+        f"BLEU = {scores['bleu']:.2f}   ({scores['bleu_text']})\n"
+        f"chrF = {scores['chrf']:.2f}\n"
+        f"signatures: {scores['bleu_signature']}  |  {scores['chrf_signature']}\n"
+        f"hypotheses: {output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
