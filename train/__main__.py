@@ -7,11 +7,14 @@ reports greedy exact-match on the test split.
   --workdir     where checkpoints, metrics.jsonl, tensorboard/ and config.json go; a workdir
                 that already holds checkpoints resumes from the latest one
   --config      a config file whose get_config() returns an ml_collections.ConfigDict
-                (default: train/configs/default.py)
+                (default: train/configs/default.py; train/configs/multi30k.py trains an
+                English -> German translator on a directory of {split}.{lang} text files)
   --config.X=V  override any config field, e.g. --config.num_train_steps=300
                 --config.model.num_heads=8 --config.parallel=pmap
 
 Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes.
+Afterwards: `python -m train.evaluate --workdir=DIR` (sacreBLEU and chrF of a split) and
+`python -m train.translate --workdir=DIR` (translate stdin).
 The config fields and their defaults are listed under --config below.
 """
 
