@@ -58,6 +58,8 @@ Array = jax.Array
 
 # Paper section 6.1: the maximum output length is the input length + 50.
 EXTRA_OUTPUT_LENGTH = 50
+# When a sentence's beam search is over (see `beam_search`).
+BEAM_STOP_RULES = ("finished", "bound")
 
 NEG_INF = -jnp.inf
 
@@ -500,7 +502,7 @@ def _reorder_cache(cache: DecodingCache, beam_indices: Array, beam_size: int) ->
 
 
 @functools.partial(
-    jax.jit, static_argnames=("config", "bos_id", "eos_id", "beam_size", "max_length")
+    jax.jit, static_argnames=("config", "bos_id", "eos_id", "beam_size", "max_length", "stop")
 )
 def _beam_search(
     config: TransformerConfig,
@@ -512,6 +514,7 @@ def _beam_search(
     eos_id: int,
     beam_size: int,
     max_length: int,
+    stop: str,
 ) -> tuple[Array, Array]:
     model = Transformer(config)
     batch, vocab = source_tokens.shape[0], config.vocab_size
@@ -538,21 +541,24 @@ def _beam_search(
     )
 
     def rows_done(state: BeamState) -> Array:
-        """[batch]: the row's finished hypotheses can no longer change.
+        """[batch]: the row's search is over (see `stop` in `beam_search`).
 
-        Extending a hypothesis only lowers its log-probability (log p <= 0), so the best score
-        an alive hypothesis can still reach is its log-probability divided by the largest length
-        penalty it can reach. When that is below the worst kept finished score, the row is done.
+        "finished": every one of the row's beam_size finished slots holds a hypothesis.
+        "bound": extending a hypothesis only lowers its log-probability (log p <= 0), so the best
+        score an alive hypothesis can still reach is its log-probability divided by the largest
+        length penalty it can reach; when that is below the worst kept finished score, no alive
+        hypothesis can enter the finished ones any more.
         """
         reached_limit = state.step >= limits
         best_alive = jnp.max(state.alive_log_probs, axis=1)
+        beam_finished = jnp.all(state.finished_flags, axis=1)
+        if stop == "finished":
+            return reached_limit | (best_alive == NEG_INF) | beam_finished
         largest_penalty = jnp.maximum(
             gnmt_length_penalty(state.step + 1, alpha), gnmt_length_penalty(limits, alpha)
         )
         worst_finished = jnp.min(state.finished_scores, axis=1)
-        cannot_improve = jnp.all(state.finished_flags, axis=1) & (
-            best_alive / largest_penalty < worst_finished
-        )
+        cannot_improve = beam_finished & (best_alive / largest_penalty < worst_finished)
         return reached_limit | (best_alive == NEG_INF) | cannot_improve
 
     def not_done(state: BeamState) -> Array:
@@ -632,6 +638,7 @@ def beam_search(
     beam_size: int = 4,
     length_penalty: float = 0.6,
     max_length: int | None = None,
+    stop: str = "finished",
     check_inputs: bool = True,
 ) -> tuple[Array, Array]:
     """Beam search (paper section 6.1: beam size 4, length penalty alpha = 0.6).
@@ -643,13 +650,17 @@ def beam_search(
     |Y| counting eos. Each step extends every alive hypothesis by every token; of the
     `beam_size` best extensions, those that end (eos or the length limit) join the finished
     ones, of which the `beam_size` best are kept, and the alive beam is refilled with the
-    `beam_size` best extensions that do not end. A row is done when no alive hypothesis can
-    still beat its worst kept finished one, or at its length limit; the loop stops when every
-    row is done.
+    `beam_size` best extensions that do not end. The loop stops when every row is done: at its
+    length limit, or by the `stop` rule:
 
-    With length_penalty 0, beam size 1 is greedy decoding. With alpha > 0 it keeps searching
-    after the greedy hypothesis ends while a longer one could still score better, so it can
-    return a better-normalised hypothesis than greedy decoding (never a worse one).
+    - "finished" (default): when all `beam_size` of the row's beams have finished, as in
+      fairseq and Marian. Beam size 1 is then exactly greedy decoding.
+    - "bound": when no alive hypothesis can still beat the worst kept finished one, whatever
+      length it reaches (tensor2tensor, which the paper used, and the Flax WMT example). It
+      never stops before the best-scoring hypothesis the beam can reach is found, but with
+      alpha > 0 it searches longer: a longer hypothesis might still score better. It can return
+      a better-normalised hypothesis than "finished", never a worse one; with alpha 0 the two
+      rules agree for beam size 1.
     Slots left empty (only when fewer than beam_size distinct outputs exist) have score -inf
     and pad tokens. Jitted; length_penalty is traced, beam_size is static.
     """
@@ -660,6 +671,8 @@ def beam_search(
         raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
     if config.vocab_size < 2:
         raise ValueError("beam search needs a vocabulary of at least 2 tokens")
+    if stop not in BEAM_STOP_RULES:
+        raise ValueError(f"stop must be one of {list(BEAM_STOP_RULES)}, got {stop!r}")
     if not isinstance(length_penalty, numbers.Real) or not (
         math.isfinite(length_penalty) and length_penalty >= 0
     ):
@@ -675,6 +688,7 @@ def beam_search(
         eos_id=int(eos_id),
         beam_size=int(beam_size),
         max_length=max_length,
+        stop=stop,
     )
 
 

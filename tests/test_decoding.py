@@ -245,11 +245,16 @@ def test_strip_after_eos() -> None:
 # ---------------------------------------------------------------------------------------------
 # Beam search
 # ---------------------------------------------------------------------------------------------
-def test_beam_size_one_is_greedy_when_alpha_is_zero(params, eos_biased_params, source) -> None:
-    """Beam size 1 follows the greedy path: only the best extension can finish. With alpha = 0,
-    a finished score is a log-probability, which extending the alive runner-up can only lower,
-    so the search stops where greedy decoding stops. With alpha > 0 it may keep searching and
-    find a better-normalised hypothesis: never a worse one."""
+@pytest.mark.parametrize("stop", ["finished", "bound"])
+def test_beam_size_one_is_greedy(params, eos_biased_params, source, stop) -> None:
+    """Beam size 1 follows the greedy path: only the best extension can finish.
+
+    With stop="finished" (the default) the row ends as soon as that one beam has finished, so
+    beam size 1 is greedy decoding exactly, for any alpha. With stop="bound" and alpha = 0, a
+    finished score is a log-probability, which extending the alive runner-up can only lower, so
+    the search also stops where greedy decoding stops; with alpha > 0 it may keep searching and
+    find a better-normalised hypothesis: never a worse one.
+    """
     max_length = MAX_LENGTH
     limits = row_limits(source, max_length)
     same_as_greedy = 0
@@ -267,6 +272,7 @@ def test_beam_size_one_is_greedy_when_alpha_is_zero(params, eos_biased_params, s
                 beam_size=1,
                 length_penalty=alpha,
                 max_length=max_length,
+                stop=stop,
             )
             assert tokens.shape == (6, 1, max_length) and scores.shape == (6, 1)
             for row in range(len(source)):
@@ -274,16 +280,18 @@ def test_beam_size_one_is_greedy_when_alpha_is_zero(params, eos_biased_params, s
                 greedy_score = numpy_log_prob(CONFIG, weights, source[row], greedy_tokens) / gnmt(
                     len(greedy_tokens), alpha
                 )
-                if alpha == 0.0 or np.array_equal(tokens[row, 0], greedy[row]):
+                exact = stop == "finished" or alpha == 0.0
+                if exact or np.array_equal(tokens[row, 0], greedy[row]):
                     np.testing.assert_array_equal(tokens[row, 0], greedy[row])
                     np.testing.assert_allclose(scores[row, 0], greedy_score, rtol=1e-5)
                     same_as_greedy += alpha > 0
                 else:
-                    assert scores[row, 0] >= greedy_score - 1e-5
-    assert same_as_greedy  # the alpha > 0 score check was exercised
+                    assert scores[row, 0] > greedy_score - 1e-5
+    assert same_as_greedy  # the alpha > 0 comparison was exercised
 
 
-def test_beam_search_finds_the_brute_force_best() -> None:
+@pytest.mark.parametrize("stop", ["finished", "bound"])
+def test_beam_search_finds_the_brute_force_best(stop) -> None:
     """Every output of length <= 3 over a vocabulary of 5, scored in float64, against beam search.
 
     Beam size 20 = (V - 1)^(L - 2) * V makes the search exhaustive. At a step d < L - 1 (0-based)
@@ -291,7 +299,8 @@ def test_beam_search_finds_the_brute_force_best() -> None:
     extensions all lie within the beam: each one that ends in eos is finished, and each of the
     (V - 1)^(d + 1) <= 20 others stays alive. At the last step every extension ends (the length
     limit) with the same length penalty, so the beam, the 20 best by log-probability, holds the
-    best one. Nothing that could win is ever pruned.
+    best one. Nothing that could win is ever pruned, and with stop="finished" the search cannot
+    end early either: only 1 + 4 hypotheses end before the last step, fewer than 20.
     """
     config = ft.TransformerConfig.tiny(vocab_size=5, num_encoder_layers=1, num_decoder_layers=1)
     weights = ft.init_params(config, jax.random.key(3))
@@ -306,6 +315,7 @@ def test_beam_search_finds_the_brute_force_best() -> None:
         beam_size=(vocab - 1) ** (max_length - 2) * vocab,
         length_penalty=alpha,
         max_length=max_length,
+        stop=stop,
     )
     non_eos = [token for token in range(vocab) if token != EOS]
     winners = []
@@ -329,8 +339,18 @@ def test_beam_search_finds_the_brute_force_best() -> None:
     assert {best[-1] == EOS for best in winners} == {True, False}
 
 
-def test_beam_search_scores_are_correct_and_sorted(eos_biased_params, source) -> None:
-    max_length, alpha = MAX_LENGTH, 0.6
+@pytest.mark.parametrize(
+    ("stop", "max_length", "endings"),
+    [
+        ("bound", MAX_LENGTH, {"eos", "limit"}),
+        ("finished", MAX_LENGTH, None),
+        ("finished", 3, None),
+    ],
+)
+def test_beam_search_scores_are_correct_and_sorted(
+    eos_biased_params, source, stop, max_length, endings
+) -> None:
+    alpha = 0.6
     tokens, scores = beam_search(
         CONFIG,
         eos_biased_params,
@@ -340,6 +360,7 @@ def test_beam_search_scores_are_correct_and_sorted(eos_biased_params, source) ->
         beam_size=4,
         length_penalty=alpha,
         max_length=max_length,
+        stop=stop,
     )
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     assert tokens.shape == (6, 4, max_length) and tokens.dtype == np.int32
@@ -356,8 +377,11 @@ def test_beam_search_scores_are_correct_and_sorted(eos_biased_params, source) ->
             np.testing.assert_allclose(scores[row, k], expected, rtol=1e-5, atol=1e-5)
             assert (tokens[row, k, len(tokens_k) :] == CONFIG.pad_id).all()
             kinds.add("eos" if tokens_k[-1] == EOS else "limit")
-    # Both ways of finishing occur: eos, and the length limit (kept, not lost).
-    assert kinds == {"eos", "limit"}
+    # Hypotheses end at eos or at the length limit (kept, not lost); with the bound rule and
+    # the full length, both occur.
+    assert kinds and (endings is None or kinds == endings)
+    if max_length == 3:
+        assert "limit" in kinds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +522,7 @@ def test_decoders_reject_bad_arguments(params, decode, kwargs, message) -> None:
         ({"beam_size": 2.0}, "beam_size must be an int >= 1"),
         ({"length_penalty": -0.1}, r"length_penalty \(alpha\) must be a finite float >= 0"),
         ({"length_penalty": float("nan")}, "length_penalty"),
+        ({"stop": "never"}, r"stop must be one of \['finished', 'bound'\]"),
     ],
 )
 def test_beam_search_rejects_bad_arguments(params, kwargs, message) -> None:

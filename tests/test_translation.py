@@ -213,6 +213,8 @@ def test_decoding_options_are_checked() -> None:
         DecodingOptions(method="nucleus")
     with pytest.raises(ValueError, match="beam_size must be >= 1"):
         DecodingOptions(beam_size=0)
+    with pytest.raises(ValueError, match="beam_stop must be one of"):
+        DecodingOptions(beam_stop="early")
 
 
 def test_config_errors_name_the_field(trained, tmp_path: Path) -> None:

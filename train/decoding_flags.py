@@ -21,6 +21,13 @@ BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "Beam size (paper: 4).")
 LENGTH_PENALTY = flags.DEFINE_float(
     "length_penalty", 0.6, "GNMT length penalty alpha of beam search (paper: 0.6)."
 )
+BEAM_STOP = flags.DEFINE_enum(
+    "beam_stop",
+    "finished",
+    ["finished", "bound"],
+    "When a sentence's beam search ends: 'finished' (all beams have finished; beam size 1 is "
+    "greedy) or 'bound' (no alive hypothesis can still win: tensor2tensor's rule, slower).",
+)
 TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0 = all).")
 TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of mass >= p.")
@@ -37,6 +44,7 @@ def options() -> DecodingOptions:
         method=DECODING.value,
         beam_size=BEAM_SIZE.value,
         length_penalty=LENGTH_PENALTY.value,
+        beam_stop=BEAM_STOP.value,
         temperature=TEMPERATURE.value,
         top_k=TOP_K.value,
         top_p=TOP_P.value,

@@ -37,6 +37,7 @@ class DecodingOptions:
     method: str = "beam"
     beam_size: int = 4
     length_penalty: float = 0.6
+    beam_stop: str = "finished"  # see flax_transformer.decoding.beam_search
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -50,10 +51,17 @@ class DecodingOptions:
             )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.beam_stop not in decoding.BEAM_STOP_RULES:
+            raise ValueError(
+                f"beam_stop must be one of {list(decoding.BEAM_STOP_RULES)}, got {self.beam_stop!r}"
+            )
 
     def describe(self) -> str:
         if self.method == "beam":
-            return f"beam search (beam {self.beam_size}, length penalty {self.length_penalty})"
+            return (
+                f"beam search (beam {self.beam_size}, length penalty {self.length_penalty}, "
+                f"stop when {self.beam_stop})"
+            )
         if self.method == "sample":
             return (
                 f"sampling (temperature {self.temperature}, top-k {self.top_k or 'off'}, "
@@ -84,6 +92,7 @@ def decode_tokens(
             source,
             beam_size=options.beam_size,
             length_penalty=options.length_penalty,
+            stop=options.beam_stop,
             **common,
         )
         return np.asarray(tokens[:, 0])

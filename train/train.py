@@ -103,6 +103,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         "batching": BATCHING_MODES,
         "validation_decoding": ("", *DECODING_METHODS),
         "test_decoding": DECODING_METHODS,
+        "beam_stop": ("finished", "bound"),
     }
     for name, allowed in choices.items():
         if config[name] not in allowed:
@@ -142,6 +143,7 @@ def decoding_options(config: ml_collections.ConfigDict, method: str) -> Decoding
         method=method,
         beam_size=config.beam_size,
         length_penalty=config.length_penalty,
+        beam_stop=config.beam_stop,
         max_length=None,
     )
 

@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.test_decoding = "greedy"
     config.beam_size = 4
     config.length_penalty = 0.6
+    config.beam_stop = "finished"  # or "bound" (see flax_transformer.decoding.beam_search)
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.progress_bar = True
