@@ -241,3 +241,10 @@ def test_evaluate_needs_the_workdir_tokenizer(trained, tmp_path: Path) -> None:
     (copy / TOKENIZER_FILE).unlink()
     done = run_module("train.evaluate", f"--workdir={copy}", "--decoding=greedy")
     assert done.returncode != 0 and "tokenizer.model is missing" in done.stderr
+
+
+def test_commands_list_their_decoding_flags_in_help() -> None:
+    for module in ("train.evaluate", "train.translate"):
+        done = run_module(module, "--help")
+        for flag in ("--workdir", "--decoding", "--beam_size", "--beam_stop", "--average_last"):
+            assert flag in done.stdout + done.stderr, (module, flag)

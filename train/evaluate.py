@@ -26,6 +26,7 @@ from train import decoding_flags
 
 _SPLIT = flags.DEFINE_string("split", "test", "validation or test (or the dataset's split name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hypotheses.")
+flags.adopt_module_key_flags(decoding_flags)  # list them in --help
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ from train import decoding_flags
 
 _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line ('-': stdin).")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file ('-': stdout).")
+flags.adopt_module_key_flags(decoding_flags)  # list them in --help
 
 
 def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int) -> list[str]:
