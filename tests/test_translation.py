@@ -23,7 +23,7 @@ import sacrebleu
 
 from train.configs import multi30k
 from train.data.numbers import number_to_words
-from train.data.tasks import TOKENIZER_FILE
+from train.data.tasks import TOKENIZER_FILE, load_tokenizer
 from train.evaluation import DecodingOptions, score
 from train.train import train_and_evaluate
 from train.workdir import average_params, load_run
@@ -248,3 +248,22 @@ def test_commands_list_their_decoding_flags_in_help() -> None:
         done = run_module(module, "--help")
         for flag in ("--workdir", "--decoding", "--beam_size", "--beam_stop", "--average_last"):
             assert flag in done.stdout + done.stderr, (module, flag)
+
+
+def test_tokenizer_subset_reads_only_an_evenly_spread_subset(tmp_path: Path) -> None:
+    class CountingSource(list):
+        """A list data source that records which examples were read."""
+
+        read: list[int] = []
+
+        def __getitems__(self, indices):
+            self.read.extend(int(i) for i in indices)
+            return [self[int(i)] for i in indices]
+
+    pairs = [{"source": str(n), "target": number_to_words(n)} for n in range(1000, 401000, 1000)]
+    source = CountingSource(pairs)
+    config = tiny_config(tmp_path, tmp_path, tokenizer_train_pairs=100, tokenizer_vocab_size=320)
+    vocabulary = load_tokenizer(config, str(tmp_path), source)
+    assert vocabulary.vocab_size == 320 and (tmp_path / TOKENIZER_FILE).exists()
+    assert len(source.read) == 100 and source.read[0] == 0 and source.read[-1] == 399
+    assert sorted(set(source.read)) == source.read  # each read once, in order

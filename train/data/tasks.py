@@ -127,10 +127,13 @@ def load_tokenizer(
         return SentencePieceVocabulary.load_or_train(
             path, [], vocab_size=config.tokenizer_vocab_size
         )
-    examples = _all(train_source)
-    limit = config.tokenizer_train_pairs or len(examples)
-    if limit < len(examples):  # an evenly spread subset, deterministic
-        examples = [examples[i] for i in np.linspace(0, len(examples) - 1, limit).astype(int)]
+    count = len(train_source)
+    limit = min(config.tokenizer_train_pairs or count, count)
+    # An evenly spread subset when asked for one (deterministic); only those pairs are read.
+    indices = np.unique(np.linspace(0, count - 1, limit).astype(np.int64))
+    examples: list[Any] = []
+    for start in range(0, len(indices), 4096):
+        examples.extend(pipeline._read(train_source, indices[start : start + 4096]))
     texts = itertools.chain(
         (pipeline._text(e["source"]) for e in examples),
         (pipeline._text(e["target"]) for e in examples),
