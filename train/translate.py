@@ -27,7 +27,7 @@ def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int)
     """Translations of `lines` (whitespace-normalised first), in order; "" for empty lines."""
     from train.data.batching import TokenizedSplit, evaluation_batches
     from train.data.parallel_text import normalize_whitespace
-    from train.data.tasks import EVAL_BUCKET_LENGTHS
+    from train.data.tasks import eval_bucket_lengths
     from train.evaluation import decode_batches
 
     limit = run.model_config.max_len
@@ -48,11 +48,10 @@ def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int)
         return [""] * len(lines)
     eos_only = [np.array([vocabulary.eos_id], np.int32)] * len(sources)
     split = TokenizedSplit(sources, eos_only, np.array(kept), 0)
-    buckets = [length for length in EVAL_BUCKET_LENGTHS if length < limit] + [limit]
     batches = evaluation_batches(
         split,
         batch_size=batch_size,
-        bucket_lengths=buckets,
+        bucket_lengths=eval_bucket_lengths(limit),
         pad_id=vocabulary.pad_id,
         bos_id=vocabulary.bos_id,
     )

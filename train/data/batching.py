@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from train.data.pipeline import Example, Vocabulary, _read, _text
+from train.data.pipeline import Example, Vocabulary, read_in_chunks, text
 
 Batch = dict[str, np.ndarray]
 BATCHING_MODES = ("padded", "bucketed", "packed")
@@ -84,11 +84,10 @@ def tokenize_split(
         raise ValueError(f"max_length must be >= 2 (a token and eos), got {max_length}")
     sources, targets, kept = [], [], []
     dropped = 0
-    for start in range(0, len(data_source), chunk_size):
-        indices = range(start, min(start + chunk_size, len(data_source)))
-        for index, example in zip(indices, _read(data_source, indices), strict=True):
-            source = np.array([*vocabulary.encode(_text(example["source"])), vocabulary.eos_id])
-            target = np.array([*vocabulary.encode(_text(example["target"])), vocabulary.eos_id])
+    for indices, examples in read_in_chunks(data_source, chunk_size=chunk_size):
+        for index, example in zip(indices, examples, strict=True):
+            source = np.array([*vocabulary.encode(text(example["source"])), vocabulary.eos_id])
+            target = np.array([*vocabulary.encode(text(example["target"])), vocabulary.eos_id])
             longest = max(len(source), len(target))
             if longest > max_length:
                 if drop_long:
@@ -97,7 +96,7 @@ def tokenize_split(
                 side = "source" if len(source) > max_length else "target"
                 raise ValueError(
                     f"example {index} has a {side} of {longest} tokens (with eos), longer than "
-                    f"the limit of {max_length}: {_text(example[side])[:200]!r}"
+                    f"the limit of {max_length}: {text(example[side])[:200]!r}"
                 )
             sources.append(source.astype(np.int32))
             targets.append(target.astype(np.int32))

@@ -20,7 +20,7 @@ Shapes are static (fixed `source_len` and `target_len`) so that a jitted train s
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import grain
@@ -41,14 +41,14 @@ Example = Mapping[str, bytes | str]
 Batch = dict[str, np.ndarray]
 
 
-def _text(value: bytes | str) -> str:
-    # TFDS data sources return Text features as bytes; lists in tests hold str.
+def text(value: bytes | str) -> str:
+    """A Text feature as str: TFDS data sources return bytes (UTF-8); lists in tests hold str."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 def _encoded(example: Example, vocabulary: Vocabulary) -> tuple[list[int], list[int]]:
     """Token ids of the source and the target, without bos/eos."""
-    return vocabulary.encode(_text(example["source"])), vocabulary.encode(_text(example["target"]))
+    return vocabulary.encode(text(example["source"])), vocabulary.encode(text(example["target"]))
 
 
 def _padded(ids: list[int], length: int, pad_id: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def encode_example(
         if len(ids) > limit:
             raise ValueError(
                 f"{side} is {len(ids)} tokens long (with eos), longer than {side}_len={limit}: "
-                f"{_text(example[side])!r}"
+                f"{text(example[side])!r}"
             )
     return {
         "source": _padded(source, source_len, vocabulary.pad_id),
@@ -100,6 +100,19 @@ def _read(data_source: Sequence[Example], indices: Sequence[int]) -> list[Exampl
     if read_many is not None:
         return list(read_many(indices))
     return [data_source[index] for index in indices]
+
+
+def read_in_chunks(
+    data_source: Sequence[Example], indices: Sequence[int] | None = None, chunk_size: int = 4096
+) -> Iterator[tuple[list[int], list[Example]]]:
+    """Yields (indices, examples) for `indices` (default: the whole source, in order), reading
+    `chunk_size` examples per call (see `_read`): the way to scan a split."""
+    if indices is None:
+        indices = range(len(data_source))
+    indices = [int(index) for index in indices]
+    for start in range(0, len(indices), chunk_size):
+        chunk = indices[start : start + chunk_size]
+        yield chunk, _read(data_source, chunk)
 
 
 def _encoded_batch(
@@ -213,10 +226,8 @@ def max_lengths(data_source: Sequence[Example], vocabulary: Vocabulary) -> tuple
     shapes.
     """
     source_len = target_len = 0
-    chunk = 4096
-    for start in range(0, len(data_source), chunk):
-        indices = range(start, min(start + chunk, len(data_source)))
-        for example in _read(data_source, indices):
+    for _, examples in read_in_chunks(data_source):
+        for example in examples:
             source_ids, target_ids = _encoded(example, vocabulary)
             source_len = max(source_len, len(source_ids) + 1)  # + eos
             target_len = max(target_len, len(target_ids) + 1)  # + eos (or bos for decoder_input)

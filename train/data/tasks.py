@@ -66,17 +66,13 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
     )
 
 
-def _texts(data_source: Sequence[Any], side: str) -> list[str]:
-    return [pipeline._text(example[side]) for example in _all(data_source)]
+def _all(data_source: Sequence[Any]) -> list[Any]:
+    return [e for _, examples in pipeline.read_in_chunks(data_source) for e in examples]
 
 
-def _all(data_source: Sequence[Any], chunk: int = 4096) -> list[Any]:
-    examples: list[Any] = []
-    for start in range(0, len(data_source), chunk):
-        examples.extend(
-            pipeline._read(data_source, range(start, min(start + chunk, len(data_source))))
-        )
-    return examples
+def eval_bucket_lengths(limit: int) -> list[int]:
+    """The evaluation bucket lengths up to `limit` (the longest sentence accepted)."""
+    return [length for length in EVAL_BUCKET_LENGTHS if length < limit] + [limit]
 
 
 def text_sources(config: ml_collections.ConfigDict) -> dict[str, Sequence[Any]]:
@@ -131,12 +127,10 @@ def load_tokenizer(
     limit = min(config.tokenizer_train_pairs or count, count)
     # An evenly spread subset when asked for one (deterministic); only those pairs are read.
     indices = np.unique(np.linspace(0, count - 1, limit).astype(np.int64))
-    examples: list[Any] = []
-    for start in range(0, len(indices), 4096):
-        examples.extend(pipeline._read(train_source, indices[start : start + 4096]))
+    examples = [e for _, chunk in pipeline.read_in_chunks(train_source, indices) for e in chunk]
     texts = itertools.chain(
-        (pipeline._text(e["source"]) for e in examples),
-        (pipeline._text(e["target"]) for e in examples),
+        (pipeline.text(e["source"]) for e in examples),
+        (pipeline.text(e["target"]) for e in examples),
     )
     return SentencePieceVocabulary.load_or_train(
         path, list(texts), vocab_size=config.tokenizer_vocab_size
@@ -155,19 +149,18 @@ def _eval_split(
     tokenized = batching.tokenize_split(
         examples, vocabulary, max_length=max_length, drop_long=False
     )
-    lengths = [length for length in EVAL_BUCKET_LENGTHS if length < max_length] + [max_length]
     batches = batching.evaluation_batches(
         tokenized,
         batch_size=batch_size,
-        bucket_lengths=lengths,
+        bucket_lengths=eval_bucket_lengths(max_length),
         pad_id=vocabulary.pad_id,
         bos_id=vocabulary.bos_id,
     )
     return EvalSplit(
         name,
         batches,
-        [pipeline._text(e["source"]) for e in examples],
-        [pipeline._text(e["target"]) for e in examples],
+        [pipeline.text(e["source"]) for e in examples],
+        [pipeline.text(e["target"]) for e in examples],
     )
 
 
@@ -207,8 +200,8 @@ def _number_words(config: ml_collections.ConfigDict) -> TaskData:
         return EvalSplit(
             name,
             indexed,
-            [pipeline._text(e["source"]) for e in examples],
-            [pipeline._text(e["target"]) for e in examples],
+            [pipeline.text(e["source"]) for e in examples],
+            [pipeline.text(e["target"]) for e in examples],
         )
 
     summary = ", ".join(f"{split} {len(source):,}" for split, source in sources.items())

@@ -44,6 +44,8 @@ from typing import Any
 
 import sentencepiece as spm
 
+from train.data.pipeline import read_in_chunks, text
+
 PathLike = str | os.PathLike
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -56,23 +58,16 @@ SPECIAL_PIECES = ("<pad>", "<s>", "</s>", "<unk>")
 """Pieces of ids 0, 1, 2, 3: padding, beginning and end of sequence, unknown."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
 def texts_of_both_sides(
     data_source: Sequence[Mapping[str, bytes | str]], chunk_size: int = 4096
 ) -> Iterator[str]:
     """Yields the source then the target text of every example, in order: the training text of a
     shared vocabulary. Reads `chunk_size` examples per call where the source offers
     `__getitems__` (one ArrayRecord read call per chunk)."""
-    read_many = getattr(data_source, "__getitems__", None)
-    for start in range(0, len(data_source), chunk_size):
-        indices = list(range(start, min(start + chunk_size, len(data_source))))
-        examples = read_many(indices) if read_many else [data_source[i] for i in indices]
+    for _, examples in read_in_chunks(data_source, chunk_size=chunk_size):
         for example in examples:
-            yield _text(example["source"])
-            yield _text(example["target"])
+            yield text(example["source"])
+            yield text(example["target"])
 
 
 def _training_error(message: str, vocab_size: int, sentence_count: int) -> ValueError:
@@ -161,9 +156,9 @@ class SentencePieceVocabulary:
 
         def sentences() -> Iterator[str]:
             nonlocal sentence_count
-            for text in texts:
+            for sentence in texts:
                 sentence_count += 1
-                yield _text(text)
+                yield text(sentence)
 
         model = io.BytesIO()
         try:
