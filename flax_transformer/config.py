@@ -11,6 +11,7 @@ Presets (`TransformerConfig.tiny()`, `.small()`, `.base()`, `.big()`) follow Tab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -20,8 +21,16 @@ import jax.numpy as jnp
 from flax_transformer.positional import LAYOUTS as SINUSOID_LAYOUTS
 
 # Feed-forward activations by name (paper: ReLU, section 3.3). Defined here, beside the field
-# that names them, so validation and the layers read one table.
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
+# that names them, so validation and the layers read one table. "gelu" is JAX's default, the tanh
+# approximation (GPT-2, BERT); "gelu_exact" is the erf form (PyTorch's default, Hugging Face's
+# "gelu"); "silu" = "swish" = x * sigmoid(x) (MarianMT's opus-mt models).
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
 NORM_POSITIONS = ("post", "pre")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
 ATTENTION_IMPLEMENTATIONS = ("reference", "fused")
@@ -42,6 +51,7 @@ _BOOL_FIELDS = (
     "scale_embeddings",
     "scan_layers",
     "remat",
+    "final_logits_bias",
 )
 
 
@@ -57,6 +67,9 @@ class TransformerConfig:
     - `sinusoid_layout`: "interleaved" (paper: sin on even dimensions, cos on odd ones) or
       "halves" (all sines then all cosines, as in the Flax WMT example and tensor2tensor).
     - `scale_embeddings`: multiply embeddings by sqrt(d_model) (paper section 3.4) or not.
+
+    Options beyond the paper, for imported checkpoints (MarianMT, see `flax_transformer.marian`):
+    `activation` "silu"/"gelu_exact", `layer_norm_epsilon` (Marian: 1e-5), `final_logits_bias`.
     """
 
     vocab_size: int = 37000
@@ -82,6 +95,9 @@ class TransformerConfig:
     # Output projection = transposed target embedding (paper section 3.4); False adds a Dense.
     tie_output_embedding: bool = True
     scale_embeddings: bool = True
+    # A learned bias added to the output logits (MarianMT, BART). Not in the paper: the tied
+    # output projection has no bias there. The untied projection (a Dense) has its own bias.
+    final_logits_bias: bool = False
     # Compute dtype; parameters are always float32, softmax and logits are float32.
     dtype: str = "float32"
     # "reference": the readable pure function; "fused": jax.nn.dot_product_attention (cuDNN flash
@@ -133,6 +149,11 @@ class TransformerConfig:
             raise ValueError(
                 f"TransformerConfig.layer_norm_epsilon must be a positive float, "
                 f"got {self.layer_norm_epsilon!r}"
+            )
+        if self.final_logits_bias and not self.tie_output_embedding:
+            raise ValueError(
+                "TransformerConfig.final_logits_bias=True needs tie_output_embedding=True: the "
+                "untied output projection is a Dense layer with its own bias"
             )
         choices = {
             "activation": tuple(ACTIVATIONS),

@@ -9,7 +9,8 @@ Each is one pure function, jitted with the config static, over a batch of source
 [batch, src_len] right-padded with `config.pad_id`. A row's result depends only on that row (and,
 for sampling, the rng and the row's index): not on the other rows, nor on how much padding the
 batch has. Output rows hold the generated tokens up to and including the first `eos_id`, then
-`config.pad_id`; the start token `bos_id` is not part of the output.
+`config.pad_id`; the start token `bos_id` is not part of the output, and the pad id is never
+generated (`never_pad`; the start token may be the pad id, as in MarianMT).
 
 Output length. Paper section 6.1: "We set the maximum output length during inference to input
 length + 50, but terminate early when possible." Buffers have a static length `max_length`, by
@@ -76,6 +77,19 @@ def output_length_limits(config: TransformerConfig, source_tokens: Array, max_le
     """Each row's longest output, int32 [batch]: min(max_length, non-pad source tokens + 50)."""
     source_lengths = jnp.sum(source_tokens != config.pad_id, axis=-1, dtype=jnp.int32)
     return jnp.minimum(max_length, source_lengths + EXTRA_OUTPUT_LENGTH)
+
+
+def never_pad(config: TransformerConfig, scores: Array, eos_id: int) -> Array:
+    """Scores [..., vocab] with the pad id's set to -inf: no decoder ever writes padding.
+
+    Padding only fills rows after eos. Models trained here hardly ever rank it first (it is never
+    a target), but a model whose start token is the pad id (MarianMT) scores it highly; Hugging
+    Face bans it the same way (opus-mt's `bad_words_ids=[[pad_id]]`). A config whose pad id is
+    the eos id keeps it.
+    """
+    if config.pad_id == eos_id:
+        return scores
+    return scores.at[..., config.pad_id].set(NEG_INF)
 
 
 def _is_int(value: Any) -> bool:
@@ -201,7 +215,8 @@ def _generate(
         logits, cache = model.apply(
             {"params": params}, cache, previous, step, method=Transformer.decode_step
         )
-        token = jnp.where(finished, config.pad_id, choose_token(logits, step))
+        token = choose_token(never_pad(config, logits, eos_id), step)
+        token = jnp.where(finished, config.pad_id, token)
         outputs = jax.lax.dynamic_update_index_in_dim(outputs, token, step, axis=1)
         finished = finished | (token == eos_id) | (step + 1 >= limits)
         return step + 1, token, outputs, finished, cache
@@ -295,7 +310,7 @@ def _greedy_decode_uncached(
             method=Transformer.decode,
         )
         next_logits = jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False)
-        next_token = jnp.argmax(next_logits, axis=-1).astype(jnp.int32)
+        next_token = jnp.argmax(never_pad(config, next_logits, eos_id), axis=-1).astype(jnp.int32)
         next_token = jnp.where(finished, config.pad_id, next_token)
         buffer = jax.lax.dynamic_update_index_in_dim(buffer, next_token, step + 1, axis=1)
         finished = finished | (next_token == eos_id) | (step + 1 >= limits)
@@ -574,7 +589,9 @@ def _beam_search(
             step,
             method=Transformer.decode_step,
         )
-        log_probs = jax.nn.log_softmax(logits).reshape(batch, beam_size, vocab)
+        # Banned after normalising, as Hugging Face does (the others' probabilities unchanged).
+        log_probs = never_pad(config, jax.nn.log_softmax(logits), eos_id)
+        log_probs = log_probs.reshape(batch, beam_size, vocab)
         candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch, -1)
 
         # The 2 * beam best extensions, best first. The first `beam` of them are the new beam:

@@ -184,7 +184,7 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise feed-forward network (paper section 3.3): two linear maps, ReLU between.
 
-    `config.activation` selects GELU instead of ReLU.
+    `config.activation` selects another function (GELU, SiLU) instead of ReLU.
     """
 
     config: TransformerConfig

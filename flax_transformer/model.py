@@ -181,6 +181,10 @@ class Decoder(nn.Module):
             self.final_norm = layer_norm(cfg)
         if not cfg.tie_output_embedding:
             self.logits = nn.Dense(cfg.vocab_size, dtype=cfg.compute_dtype, kernel_init=dense_init)
+        if cfg.final_logits_bias:
+            self.final_logits_bias = self.param(
+                "final_logits_bias", nn.initializers.zeros_init(), (cfg.vocab_size,), jnp.float32
+            )
 
     def __call__(
         self,
@@ -273,9 +277,12 @@ class Decoder(nn.Module):
         cfg = self.config
         if cfg.norm_position == "pre":
             y = self.final_norm(y)
-        if cfg.tie_output_embedding:
-            return self.embedding.attend(y)
-        return self.logits(y).astype(jnp.float32)
+        if not cfg.tie_output_embedding:
+            return self.logits(y).astype(jnp.float32)
+        logits = self.embedding.attend(y)
+        if cfg.final_logits_bias:
+            logits = logits + self.final_logits_bias
+        return logits
 
 
 @struct.dataclass

@@ -50,7 +50,7 @@ def test_config_is_frozen_hashable_and_round_trips_json():
         ({"pad_id": -1}, "pad_id"),
         ({"pad_id": 1.0}, "pad_id must be an int"),
         ({"layer_norm_epsilon": 0.0}, "layer_norm_epsilon must be a positive float"),
-        ({"activation": "swish"}, "activation must be one of"),
+        ({"activation": "tanh"}, "activation must be one of"),
         ({"norm_position": "middle"}, "norm_position must be one of"),
         ({"positional_encoding": "rotary"}, "positional_encoding must be one of"),
         ({"sinusoid_layout": "blocks"}, "sinusoid_layout must be one of"),

@@ -300,7 +300,8 @@ def test_beam_search_finds_the_brute_force_best(stop) -> None:
     (V - 1)^(d + 1) <= 20 others stays alive. At the last step every extension ends (the length
     limit) with the same length penalty, so the beam, the 20 best by log-probability, holds the
     best one. Nothing that could win is ever pruned, and with stop="finished" the search cannot
-    end early either: only 1 + 4 hypotheses end before the last step, fewer than 20.
+    end early either: only 1 + 4 hypotheses end before the last step, fewer than 20. (The pad id
+    is never written, so the candidates use the other 4 tokens: every count above only shrinks.)
     """
     config = ft.TransformerConfig.tiny(vocab_size=5, num_encoder_layers=1, num_decoder_layers=1)
     weights = ft.init_params(config, jax.random.key(3))
@@ -317,7 +318,8 @@ def test_beam_search_finds_the_brute_force_best(stop) -> None:
         max_length=max_length,
         stop=stop,
     )
-    non_eos = [token for token in range(vocab) if token != EOS]
+    # Every output the decoders may write: padding is never one.
+    non_eos = [token for token in range(vocab) if token not in (EOS, config.pad_id)]
     winners = []
     for row in range(len(source)):
         candidates = [
@@ -479,6 +481,7 @@ def test_first_token_frequencies_match_the_filtered_softmax(params, settings) ->
     source = np.repeat(np.array([[4, 5, 6, 7, 0]], np.int32), rows, axis=0)
     logits = np.asarray(ft.forward(CONFIG, params, source[:1], np.array([[BOS]])), np.float64)
     logits = logits[0, 0] / settings.get("temperature", 1.0)
+    logits[CONFIG.pad_id] = -np.inf  # the decoders never write padding
     top_k = settings.get("top_k", 0) or CONFIG.vocab_size  # 0 = off: keep all
     logits = numpy_top_p(numpy_top_k(logits, top_k), settings.get("top_p", 1.0))
     expected = numpy_softmax(logits)

@@ -7,6 +7,10 @@ A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` with th
     data     JSON: the input pipeline position. Batches are a pure function of (seed, step), so
              the position is the number of batches consumed; resuming reads batch `step` next.
 
+An imported model (`python -m train.convert_marian`) is a checkpoint with `params` (the
+parameter tree alone: no optimizer state to store) and `config` instead: evaluation and
+translation read either kind (`restore_params`); training cannot resume from it.
+
 Together they make resumption exact: training N steps uninterrupted and training k steps, being
 killed, then resuming to N give bit-identical parameters on CPU.
 
@@ -82,7 +86,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # half-written saves of a killed run
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "config", "data")
+            self.directory, options=options, item_names=("state", "params", "config", "data")
         )
 
     # ------------------------------------------------------------------------------------------
@@ -114,6 +118,44 @@ class Checkpointer:
             metrics=dict(metrics) if metrics is not None else None,
             force=True,
         )
+
+    def save_params(self, step: int, params: Any, *, config: Mapping[str, Any]) -> None:
+        """Save a parameter tree alone (an imported model), synchronously."""
+        if step in self.manager.all_steps():
+            raise FileExistsError(f"{self.directory} already has a checkpoint of step {step}")
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(dict(config))
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def holds_params_only(self, step: int | None = None) -> bool:
+        """Whether checkpoint `step` is an imported parameter tree (no training state)."""
+        step = self._step_or_latest(step)
+        step_directory = os.path.join(self.directory, str(step))
+        return os.path.isdir(os.path.join(step_directory, "params")) and not os.path.isdir(
+            os.path.join(step_directory, "state")
+        )
+
+    def restore_params(self, abstract_params: Any, abstract_state: Any, step: int | None = None):
+        """The params of checkpoint `step`, of either kind: a training state's or imported ones.
+
+        `abstract_state` (or a function returning it, called only if needed) is the training
+        state's restore target; `abstract_params` the parameters'.
+        """
+        step = self._step_or_latest(step)
+        if self.holds_params_only(step):
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+            )
+            return restored["params"]
+        state, _ = self.restore(
+            abstract_state() if callable(abstract_state) else abstract_state, step
+        )
+        return state.params
 
     def read_config(self, step: int | None = None) -> dict[str, Any]:
         """The config JSON stored with a checkpoint (the latest by default)."""
@@ -148,6 +190,12 @@ class Checkpointer:
         (e.g. `jax.eval_shape` of the state constructor).
         """
         step = self._step_or_latest(step)
+        if self.holds_params_only(step):
+            raise ValueError(
+                f"checkpoint {step} in {self.directory} holds imported parameters only (no "
+                "optimizer state or data position): it can be evaluated and used to translate, "
+                "not resumed; train in a new --workdir"
+            )
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(

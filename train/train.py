@@ -40,7 +40,7 @@ from flax_transformer.training import (
 )
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
 from train.data import batching
-from train.data.tasks import DATASETS, EvalSplit, load_task
+from train.data.tasks import DATASETS, TOKENIZERS, EvalSplit, load_task
 from train.evaluation import DECODING_METHODS, DecodingOptions, evaluate
 from train.metric_writers import MetricWriter
 
@@ -104,6 +104,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         "validation_decoding": ("", *DECODING_METHODS),
         "test_decoding": DECODING_METHODS,
         "beam_stop": ("finished", "bound"),
+        "tokenizer": TOKENIZERS,
     }
     for name, allowed in choices.items():
         if config[name] not in allowed:
@@ -195,10 +196,25 @@ class _StopRequest:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+def _refuse_imported_model(workdir: str) -> None:
+    """A workdir of `python -m train.convert_marian` holds parameters only: nothing to resume."""
+    try:
+        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as file:
+            origin = json.load(file).get("train", {}).get("imported_from")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    if origin:
+        raise ValueError(
+            f"{workdir} holds imported parameters only (from {origin}), no training state: "
+            "evaluate it or translate with it; train in a new --workdir"
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
     _check_config(config)
     workdir = os.path.abspath(workdir)
+    _refuse_imported_model(workdir)
     os.makedirs(workdir, exist_ok=True)
 
     # The device count is known before any data is read: batches split evenly over devices.

@@ -64,8 +64,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import os
 
-    from train.data.tasks import TOKENIZER_FILE
-    from train.data.tokenizer import SentencePieceVocabulary
+    from train.data.tasks import load_vocabulary
     from train.workdir import load_run
 
     if not flags.FLAGS["verbosity"].present:
@@ -74,12 +73,7 @@ def main(argv: list[str]) -> int:
     run = load_run(
         workdir, step=decoding_flags.STEP.value, average_last=decoding_flags.AVERAGE_LAST.value
     )
-    if run.config.dataset == "number_words":
-        from train.data.numbers import number_words_vocabulary
-
-        vocabulary = number_words_vocabulary()
-    else:
-        vocabulary = SentencePieceVocabulary.from_file(os.path.join(workdir, TOKENIZER_FILE))
+    vocabulary = load_vocabulary(run.config, workdir)
     if _INPUT.value == "-":
         lines = sys.stdin.read().split("\n")
     else:

@@ -87,14 +87,13 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 1) ->
                 f"{config.keep_checkpoints})"
             )
         _, optimizer = optimizer_from(config, model_config)
-        abstract = abstract_like(
+        abstract_state = abstract_like(
             jax.eval_shape(lambda: create_train_state(model_config, optimizer, jax.random.key(0)))
         )
         trees = []
         for each in steps:
             checkpointer.check_model_config(model_config, each)
-            state, _ = checkpointer.restore(abstract, each)
-            trees.append(state.params)
+            trees.append(checkpointer.restore_params(abstract_state.params, abstract_state, each))
     finally:
         checkpointer.close()
     params = trees[0] if len(trees) == 1 else average_params(trees)

@@ -36,7 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.validation_split = "validation"
     config.test_split = "test"
-    # SentencePiece, shared by both languages, trained on the train split and kept in the workdir.
+    # "sentencepiece": shared by both languages, trained on the train split, kept in the workdir
+    # as tokenizer.model. "marian": an imported MarianMT model's (python -m train.convert_marian).
+    config.tokenizer = "sentencepiece"
     config.tokenizer_vocab_size = 8000
     config.tokenizer_train_pairs = 0  # 0 = every training pair; else an evenly spread subset
     # "examples": batch_size pairs per batch (number_words). Text datasets: "padded", "bucketed"

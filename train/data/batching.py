@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from train.data.pipeline import Example, Vocabulary, read_in_chunks, text
+from train.data.pipeline import Example, Vocabulary, encode_target, read_in_chunks, text
 
 Batch = dict[str, np.ndarray]
 BATCHING_MODES = ("padded", "bucketed", "packed")
@@ -87,7 +87,9 @@ def tokenize_split(
     for indices, examples in read_in_chunks(data_source, chunk_size=chunk_size):
         for index, example in zip(indices, examples, strict=True):
             source = np.array([*vocabulary.encode(text(example["source"])), vocabulary.eos_id])
-            target = np.array([*vocabulary.encode(text(example["target"])), vocabulary.eos_id])
+            target = np.array(
+                [*encode_target(vocabulary, text(example["target"])), vocabulary.eos_id]
+            )
             longest = max(len(source), len(target))
             if longest > max_length:
                 if drop_long:

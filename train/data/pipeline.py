@@ -28,13 +28,22 @@ import numpy as np
 
 
 class Vocabulary(Protocol):
-    """What the pipeline needs of a tokenizer (`WordVocabulary`, or a SentencePiece wrapper)."""
+    """What the pipeline needs of a tokenizer (`WordVocabulary`, or a SentencePiece wrapper).
+
+    `bos_id` is the decoder's start token. A vocabulary with separate source and target
+    tokenizers (MarianMT's) also has `encode_target`; shared ones encode both sides alike.
+    """
 
     pad_id: int
     bos_id: int
     eos_id: int
 
     def encode(self, text: str) -> list[int]: ...
+
+
+def encode_target(vocabulary: Vocabulary, text: str) -> list[int]:
+    """Target text -> ids: the vocabulary's `encode_target` where it has one, else `encode`."""
+    return getattr(vocabulary, "encode_target", vocabulary.encode)(text)
 
 
 Example = Mapping[str, bytes | str]
@@ -48,7 +57,9 @@ def text(value: bytes | str) -> str:
 
 def _encoded(example: Example, vocabulary: Vocabulary) -> tuple[list[int], list[int]]:
     """Token ids of the source and the target, without bos/eos."""
-    return vocabulary.encode(text(example["source"])), vocabulary.encode(text(example["target"]))
+    return vocabulary.encode(text(example["source"])), encode_target(
+        vocabulary, text(example["target"])
+    )
 
 
 def _padded(ids: list[int], length: int, pad_id: int) -> np.ndarray:

@@ -32,7 +32,10 @@ from train.data.parallel_text import (
 from train.data.tokenizer import SentencePieceVocabulary
 
 DATASETS = ("number_words", "parallel_text", "tfds")
+TOKENIZERS = ("sentencepiece", "marian")
 TOKENIZER_FILE = "tokenizer.model"
+# An imported MarianMT model's tokenizer files (source.spm, target.spm, vocab.json) in a workdir.
+MARIAN_TOKENIZER_DIR = "marian_tokenizer"
 # Evaluation batches are padded to one of these lengths (few shapes: few compilations of the
 # decoders, whose compile time dominates short evaluations).
 EVAL_BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
@@ -114,10 +117,26 @@ def text_sources(config: ml_collections.ConfigDict) -> dict[str, Sequence[Any]]:
     return {role: sources[split] for role, split in roles.items()}
 
 
+def load_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """The vocabulary a trained (or imported) run in `workdir` decodes with."""
+    if config.dataset == "number_words":
+        return numbers.number_words_vocabulary()
+    if config.get("tokenizer", "sentencepiece") == "marian":
+        from flax_transformer.marian import MarianTokenizer
+
+        return MarianTokenizer.from_directory(os.path.join(workdir, MARIAN_TOKENIZER_DIR))
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: the run's tokenizer is needed to evaluate it")
+    return SentencePieceVocabulary.from_file(path)
+
+
 def load_tokenizer(
     config: ml_collections.ConfigDict, workdir: str, train_source: Sequence[Any] | None
-) -> SentencePieceVocabulary:
+) -> Any:
     """The workdir's tokenizer; trained on both sides of `train_source` if there is none yet."""
+    if config.get("tokenizer", "sentencepiece") == "marian":
+        return load_vocabulary(config, workdir)
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path) or train_source is None:
         return SentencePieceVocabulary.load_or_train(
@@ -257,8 +276,8 @@ def load_task(
         f"{len(train_split):,} pairs ({train_split.num_dropped:,} longer than "
         f"{config.max_length} tokens dropped), validation "
         f"{len(evaluation['validation'].sources):,}, test {len(evaluation['test'].sources):,}; "
-        f"vocabulary {vocabulary.vocab_size:,} "
-        f"SentencePiece pieces; {config.batching} batches of {config.batch_tokens:,} tokens, "
+        f"vocabulary {vocabulary.vocab_size:,} {config.get('tokenizer', 'sentencepiece')} ids; "
+        f"{config.batching} batches of {config.batch_tokens:,} tokens, "
         f"{len(train):,} per epoch, shapes {train.shapes}"
     )
     return TaskData(
@@ -281,10 +300,7 @@ def evaluation_split(
     if config.dataset == "number_words":
         task = _number_words(config)
         return task.vocabulary, getattr(task, role)
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the run's tokenizer is needed to evaluate it")
-    vocabulary = load_tokenizer(config, workdir, None)
+    vocabulary = load_vocabulary(config, workdir)
     source = text_sources(config)[role]
     evaluation = _eval_split(
         role,
