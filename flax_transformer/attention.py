@@ -4,8 +4,11 @@
 
 `scaled_dot_product_attention` is written for one head of one example and lifted over any
 leading (batch, head, ...) dimensions with `jax.vmap`. It is the readable reference path.
-`fused_dot_product_attention` is the fast path: `jax.nn.dot_product_attention`, which picks
-cuDNN flash attention on GPU when it can. Both mask the same way and agree numerically.
+`fused_dot_product_attention` is the fast path: `jax.nn.dot_product_attention`. With its default
+implementation (None) JAX currently lowers it with XLA, also on GPU: measured on an H200 (jax
+0.11.2), its logits equalled the reference path's bit for bit in float32 and bfloat16 and the
+compiled program held no cuDNN call. cuDNN flash attention needs `implementation="cudnn"` and
+its shape and dtype rules; not used yet. Both paths mask the same way and agree numerically.
 
 Masks are boolean with True = "may attend" (see `flax_transformer.masks`). Masked logits are set
 to a large finite negative rather than -inf, and weights of masked keys are then set to exactly
@@ -146,7 +149,7 @@ def scaled_dot_product_attention(
 def fused_dot_product_attention(
     query: Array, key: Array, value: Array, mask: Array | None = None
 ) -> Array:
-    """The fast path: `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
+    """The fast path: `jax.nn.dot_product_attention` (XLA's lowering; see the module docstring).
 
     Takes the multi-head layout that the fused kernels use: query [batch, q_len, heads, d_k],
     key and value [batch, k_len, heads, d_k], mask broadcastable to [batch, heads, q_len, k_len].

@@ -100,8 +100,8 @@ class TransformerConfig:
     final_logits_bias: bool = False
     # Compute dtype; parameters are always float32, softmax and logits are float32.
     dtype: str = "float32"
-    # "reference": the readable pure function; "fused": jax.nn.dot_product_attention (cuDNN flash
-    # attention on GPU). "fused" falls back to "reference" when attention dropout is active.
+    # "reference": the readable pure function; "fused": jax.nn.dot_product_attention (XLA's fused
+    # attention; see attention.py). "fused" falls back to "reference" with attention dropout.
     attention_implementation: str = "reference"
     # Stack layers with nn.scan: compile time independent of depth; params get a leading layer axis.
     scan_layers: bool = False

@@ -642,3 +642,46 @@ def test_tokenizer_equals_hugging_face(tokenizer_dir):
     for _ in range(200):  # any ids, unknown pieces and specials included
         ids = rng.integers(0, ours.vocab_size, size=rng.integers(1, 20)).tolist()
         assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), ids
+
+
+def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+    config, params = _random_marian_model()
+    marian.save_marian(tmp_path, config, params, eos_id=0)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match="only pytorch_model.bin, which needs torch"):
+        marian.load_marian(tmp_path)
+
+
+@pytest.mark.reference
+def test_pytorch_bin_checkpoints_load_with_torch(tmp_path):
+    torch, model = _hf_model(HF_CONFIGS["swish-tied-bias"], seed=3)
+    model.save_pretrained(tmp_path / "safetensors")
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text((tmp_path / "safetensors" / "config.json").read_text())
+    from_bin = marian.load_marian(tmp_path)
+    from_safetensors = marian.load_marian(tmp_path / "safetensors")
+    for a, b in zip(
+        jax.tree.leaves(from_bin.params), jax.tree.leaves(from_safetensors.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hub_download_asks_for_the_model_and_tokenizer_files_only(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub", reason="pip install -e '.[hub]'")
+    from train import convert_marian
+
+    calls = []
+
+    def fake_snapshot_download(name, allow_patterns):
+        calls.append((name, allow_patterns))
+        return "/somewhere"
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert convert_marian.download("Helsinki-NLP/opus-mt-en-de") == "/somewhere"
+    name, patterns = calls[0]
+    assert name == "Helsinki-NLP/opus-mt-en-de"
+    assert {"config.json", "model.safetensors", "source.spm", "target.spm", "vocab.json"} <= set(
+        patterns
+    )
+    assert not any(p.endswith((".h5", ".msgpack", ".ot")) for p in patterns)  # no TF/Flax/Rust
