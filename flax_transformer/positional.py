@@ -63,3 +63,24 @@ def sinusoidal_position_encoding(
     if length <= 0:
         raise ValueError(f"length must be positive, got {length}")
     return sinusoidal_encoding_at(jnp.arange(length), d_model, layout=layout, base=base)
+
+
+def sinusoidal_table_float64(
+    length: int, d_model: int, *, layout: str = "interleaved", base: float = 10000.0
+) -> np.ndarray:
+    """The same table in float64 NumPy, as other libraries compute and store it (MarianMT).
+
+    `sinusoidal_position_encoding` rounds the angles to float32, so at position 511 the two
+    differ by up to about 3e-5: nothing for a model, too much to recognise a stored table with
+    a 1e-5 tolerance.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    frequencies = base ** (-2.0 * np.arange((d_model + 1) // 2) / d_model)
+    angles = np.arange(length)[:, None] * frequencies[None, :]
+    sines, cosines = np.sin(angles), np.cos(angles[:, : d_model // 2])
+    if layout == "halves":
+        return np.concatenate([sines, cosines], axis=1)
+    table = np.zeros((length, d_model))
+    table[:, 0::2], table[:, 1::2] = sines, cosines
+    return table

@@ -97,15 +97,22 @@ def test_readme_example_runs_as_written():
     assert namespace["logits"].shape[-1] == namespace["config"].vocab_size
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_exactly_the_readme_test_commands():
+    """.ci/run reads the README's test command and reference-test command and runs both."""
     ci = (ROOT / ".ci" / "run").read_text()
-    (extract,) = re.findall(r"^test_command=\$\((.*)\)$", ci, re.M)
-    extracted = subprocess.run(
-        ["bash", "-c", extract], capture_output=True, text=True, cwd=ROOT, check=True
-    ).stdout.strip()
+    (function,) = re.findall(r"^readme_block\(\) \{.*?^\}$", ci, re.M | re.S)
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- test-command -->\n```bash\n", 1)[1].split("\n```", 1)[0]
-    assert extracted == block and "pytest" in extracted
+    for marker in ("test-command", "reference-test-command"):
+        extracted = subprocess.run(
+            ["bash", "-c", f"{function}\nreadme_block {marker}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
+        block = readme.split(f"<!-- {marker} -->\n", 1)[1].split("```bash\n", 1)[1]
+        assert extracted == block.split("\n", 1)[0].strip() and "pytest" in extracted
+    assert 'bash -c "$test_command"' in ci and 'bash -c "$reference_command"' in ci
 
 
 def test_demo_runs():

@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import jax
@@ -72,7 +73,7 @@ def _texts(split: str, count: int) -> tuple[list[str], list[str]]:
 def tokenizer_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("marian_tokenizer")
     english, german = _texts("train", 3000)
-    marian.write_tokenizer_files(directory, english, german, vocab_size=400)
+    marian.write_tokenizer_files(directory, english, german, vocab_size=300)
     return directory
 
 
@@ -333,7 +334,9 @@ def test_tokenizer_ids_and_round_trip(tokenizer_dir):
         if tokenizer.unk_id in ids:  # a character the small model never saw (as in Marian)
             continue
         known += 1
-        assert tokenizer.decode([*ids, tokenizer.eos_id, tokenizer.pad_id]) == line
+        # SentencePiece's default normalisation (NFKC, as in opus-mt's models): "…" -> "...".
+        expected = unicodedata.normalize("NFKC", line)
+        assert tokenizer.decode([*ids, tokenizer.eos_id, tokenizer.pad_id]) == expected
     assert known >= 40
     ids = tokenizer.encode(english[0])
     pieces = tokenizer.source_model.encode(english[0], out_type=str)
@@ -677,11 +680,37 @@ def test_hub_download_asks_for_the_model_and_tokenizer_files_only(monkeypatch):
         calls.append((name, allow_patterns))
         return "/somewhere"
 
+    repository = ["config.json", "pytorch_model.bin", "tf_model.h5", "source.spm", "vocab.json"]
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name: repository)
     assert convert_marian.download("Helsinki-NLP/opus-mt-en-de") == "/somewhere"
-    name, patterns = calls[0]
+    name, patterns = calls[-1]
     assert name == "Helsinki-NLP/opus-mt-en-de"
-    assert {"config.json", "model.safetensors", "source.spm", "target.spm", "vocab.json"} <= set(
+    assert {"config.json", "pytorch_model.bin", "source.spm", "target.spm", "vocab.json"} <= set(
         patterns
     )
     assert not any(p.endswith((".h5", ".msgpack", ".ot")) for p in patterns)  # no TF/Flax/Rust
+    repository.append("model.safetensors")  # then the PyTorch pickle is not downloaded too
+    convert_marian.download("Helsinki-NLP/opus-mt-en-de")
+    assert "model.safetensors" in calls[-1][1] and "pytorch_model.bin" not in calls[-1][1]
+
+
+def test_stored_sinusoid_tables_are_recognised_and_learned_ones_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    config, params = _random_marian_model(max_len=512)
+    marian.save_marian(tmp_path, config, params, eos_id=0)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    # Hugging Face's MarianSinusoidalPositionalEmbedding.create_weight: float64, then float32.
+    n, d = 512, config.d_model
+    angles = np.array([[p / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])
+    table = np.concatenate([np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])], 1).astype(np.float32)
+    for side in ("encoder", "decoder"):
+        weights[f"model.{side}.embed_positions.weight"] = table
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    assert marian.load_marian(tmp_path).config.max_len == 512
+    learned = table + np.random.default_rng(0).normal(0, 1e-3, table.shape).astype(np.float32)
+    weights["model.decoder.embed_positions.weight"] = learned
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UnsupportedCheckpointError, match="learned positions are not supported"):
+        marian.load_marian(tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy_reference import positional_encoding as np_positional_encoding
 
-from flax_transformer import sinusoidal_encoding_at, sinusoidal_position_encoding
+from flax_transformer import positional, sinusoidal_encoding_at, sinusoidal_position_encoding
 
 
 @pytest.mark.parametrize("d_model", [8, 16, 7, 1])
@@ -61,3 +61,21 @@ def test_fixed_offset_is_a_linear_map():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "halves"])
+@pytest.mark.parametrize("d_model", [8, 9, 64])
+def test_float64_table_is_the_formula(layout, d_model):
+    length = 300
+    table = positional.sinusoidal_table_float64(length, d_model, layout=layout)
+    assert table.dtype == np.float64
+    for pos in (0, 1, 17, 299):
+        for i in range(d_model):
+            pair = i // 2 if layout == "interleaved" else i % ((d_model + 1) // 2)
+            is_sin = i % 2 == 0 if layout == "interleaved" else i < (d_model + 1) // 2
+            angle = pos / 10000 ** (2 * pair / d_model)
+            expected = math.sin(angle) if is_sin else math.cos(angle)
+            assert table[pos, i] == pytest.approx(expected, abs=1e-12)
+    # The float32 table used by the model differs only by float32 rounding of the angles.
+    float32 = np.asarray(positional.sinusoidal_position_encoding(length, d_model, layout=layout))
+    np.testing.assert_allclose(float32, table, atol=3e-5)

@@ -46,7 +46,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 flags.mark_flag_as_required("workdir")
 
-# What --hub downloads: the model and its tokenizer, nothing else (no TF/Flax/Rust weights).
+# What --hub downloads: the model and its tokenizer, nothing else (no TF/Flax/Rust weights;
+# pytorch_model.bin only when the repository has no safetensors).
 HUB_FILES = [
     "config.json",
     "generation_config.json",
@@ -64,13 +65,16 @@ HUB_FILES = [
 def download(name: str) -> str:
     """The local directory of hub model `name` (downloaded, or from the hub cache)."""
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
     except ImportError:
         raise ImportError(
             "--hub needs huggingface_hub (pip install huggingface_hub), or download the model "
             "yourself and pass --checkpoint=DIR"
         ) from None
-    return snapshot_download(name, allow_patterns=HUB_FILES)
+    patterns = HUB_FILES
+    if any(path.endswith(".safetensors") for path in huggingface_hub.list_repo_files(name)):
+        patterns = [pattern for pattern in HUB_FILES if pattern != "pytorch_model.bin"]
+    return huggingface_hub.snapshot_download(name, allow_patterns=patterns)
 
 
 def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dict:
