@@ -446,6 +446,40 @@ def test_converted_workdir_evaluates_and_refuses_to_resume(converted_workdir):
     assert "holds imported parameters only" in result.stderr
 
 
+def test_fine_tuning_starts_from_the_imported_model(converted_workdir, tmp_path):
+    checkpoint_dir, imported = converted_workdir
+    data = imported.parent / "data"
+    finetuned = tmp_path / "finetuned"
+    result = _run(
+        "train",
+        f"--workdir={finetuned}",
+        "--config=train/configs/multi30k.py",
+        f"--config.init_from={imported}",
+        f"--config.data_path={data}",
+        f"--config.data_dir={tmp_path / 'tfds'}",
+        "--config.num_train_steps=2",
+        "--config.warmup_steps=1",
+        "--config.learning_rate_scale=1e-9",  # the step barely moves the params
+        "--config.batch_tokens=128",
+        "--config.eval_every_steps=2",
+        "--config.num_validation_examples=4",
+        "--config.test_decoding=greedy",
+        "--config.progress_bar=False",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting from the params of" in result.stdout + result.stderr
+    # The run took the imported model's tokenizer and config, and started from its params.
+    assert (finetuned / "marian_tokenizer" / "vocab.json").exists()
+    from train.workdir import load_run
+
+    run, start = load_run(str(finetuned)), marian.load_marian(checkpoint_dir)
+    assert run.config.tokenizer == "marian" and run.model_config == start.config
+    differences = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), run.params, start.params
+    )
+    assert max(jax.tree.leaves(differences)) < 1e-4
+
+
 def test_convert_refuses_an_existing_run(converted_workdir):
     checkpoint, workdir = converted_workdir
     result = _run("train.convert_marian", f"--checkpoint={checkpoint}", f"--workdir={workdir}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -210,12 +211,45 @@ def _refuse_imported_model(workdir: str) -> None:
         )
 
 
+def _start_from(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """`config.init_from`: take its model config and tokenizer into `config` and `workdir`.
+
+    The new run has the source run's model (`config.model` is replaced by it) and tokenizer
+    (copied into `workdir`, so that the run, resumed or evaluated, needs nothing outside it).
+    Returns the source workdir, whose params initialise the first step, or None.
+    """
+    if not config.init_from:
+        return None
+    from train.data.tasks import MARIAN_TOKENIZER_DIR, TOKENIZER_FILE
+    from train.workdir import read_run_config
+
+    source = os.path.abspath(config.init_from)
+    if source == workdir:
+        raise ValueError("config.init_from is the run's own workdir: give another one")
+    source_config, source_model = read_run_config(source)
+    if (source_config.dataset == "number_words") != (config.dataset == "number_words"):
+        raise ValueError(
+            f"config.init_from={source} was trained on {source_config.dataset!r}, whose "
+            f"vocabulary does not fit config.dataset={config.dataset!r}"
+        )
+    tokenizer = source_config.get("tokenizer", "sentencepiece")
+    if config.dataset != "number_words":
+        name = MARIAN_TOKENIZER_DIR if tokenizer == "marian" else TOKENIZER_FILE
+        if not os.path.exists(os.path.join(workdir, name)):
+            copy = shutil.copytree if tokenizer == "marian" else shutil.copyfile
+            copy(os.path.join(source, name), os.path.join(workdir, name))
+    config.tokenizer = tokenizer
+    config.model.update(source_model.to_dict())
+    return source
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
     _check_config(config)
     workdir = os.path.abspath(workdir)
     _refuse_imported_model(workdir)
     os.makedirs(workdir, exist_ok=True)
+    init_from = _start_from(config, workdir)
 
     # The device count is known before any data is read: batches split evenly over devices.
     num_devices = {"single": 1, "pmap": jax.local_device_count()}.get(
@@ -247,6 +281,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if checkpointer.latest_step() is None:
         state = create_train_state(model_config, optimizer, init_key)
         start_step = 0
+        if init_from:
+            from train.workdir import load_run
+
+            source = load_run(init_from)
+            if source.model_config != model_config:
+                raise ValueError(f"{init_from} holds a model of another config than this run")
+            # Adam's state at step 0 does not depend on the parameter values: only swap them.
+            state = state.replace(params=source.params)
+            tqdm.write(f"Starting from the params of {init_from} ({source.describe()})")
     else:
         checkpointer.check_model_config(model_config)
         abstract_state = jax.eval_shape(

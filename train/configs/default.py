@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0
     config.label_smoothing = 0.1
     config.seed = 0
+    # Fine-tuning: a workdir of `python -m train` or `python -m train.convert_marian` whose model
+    # (config, latest params) and tokenizer a new run starts from; "" = random initialisation.
+    config.init_from = ""
 
     # Devices: "mesh" (jit + NamedSharding: what JAX recommends), "pmap", or "single".
     config.parallel = "mesh"
