@@ -140,21 +140,20 @@ class Checkpointer:
             os.path.join(step_directory, "state")
         )
 
-    def restore_params(self, abstract_params: Any, abstract_state: Any, step: int | None = None):
+    def restore_params(self, abstract_state: Any, step: int | None = None) -> Any:
         """The params of checkpoint `step`, of either kind: a training state's or imported ones.
 
-        `abstract_state` (or a function returning it, called only if needed) is the training
-        state's restore target; `abstract_params` the parameters'.
+        `abstract_state` is the training state's restore target; imported checkpoints are
+        restored into its `params`.
         """
         step = self._step_or_latest(step)
         if self.holds_params_only(step):
             restored = self.manager.restore(
-                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+                step,
+                args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_state.params)),
             )
             return restored["params"]
-        state, _ = self.restore(
-            abstract_state() if callable(abstract_state) else abstract_state, step
-        )
+        state, _ = self.restore(abstract_state, step)
         return state.params
 
     def read_config(self, step: int | None = None) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def load_run(workdir: str, *, step: int | None = None, average_last: int = 1) ->
         trees = []
         for each in steps:
             checkpointer.check_model_config(model_config, each)
-            trees.append(checkpointer.restore_params(abstract_state.params, abstract_state, each))
+            trees.append(checkpointer.restore_params(abstract_state, each))
     finally:
         checkpointer.close()
     params = trees[0] if len(trees) == 1 else average_params(trees)
