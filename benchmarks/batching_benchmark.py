@@ -26,7 +26,8 @@ from absl import logging
 import flax_transformer as ft
 from train.data import batching
 from train.data.parallel_text import prepare_parallel_text, split_data_sources
-from train.data.tokenizer import SentencePieceVocabulary, texts_of_both_sides
+from train.data.run_data import TOKEN_BUDGET_MODES, token_budget_batches
+from train.data.tokenizer_training import texts_of_both_sides, train_sentencepiece
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
@@ -45,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         builder = prepare_parallel_text(args.data, "en", "de", data_dir)
         train = split_data_sources(builder)["train"]
-        vocabulary = SentencePieceVocabulary.train(texts_of_both_sides(train), args.vocab_size)
+        vocabulary = train_sentencepiece(texts_of_both_sides(train), args.vocab_size)
         split = batching.tokenize_split(train, vocabulary, max_length=args.max_length)
     config = ft.TransformerConfig.small(vocab_size=vocabulary.vocab_size, max_len=args.max_length)
     parallel = ft.DataParallel("single", model_config=config)
@@ -59,8 +60,8 @@ def main() -> None:
         "| target tokens/s |"
     )
     print("|---|---|---|---|---|---|---|")
-    for mode in batching.BATCHING_MODES:
-        batches = batching.make_train_batches(
+    for mode in TOKEN_BUDGET_MODES:
+        batches = token_budget_batches(
             mode,
             split,
             batch_tokens=args.batch_tokens,

@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     # Imported here so that --help answers without starting JAX.
     import tensorflow_datasets as tfds
 
-    from train.train import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     tfds.disable_progress_bar()  # one progress bar (training's) is enough on a terminal
     if not flags.FLAGS["verbosity"].present:

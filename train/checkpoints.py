@@ -1,15 +1,18 @@
 """Checkpoints with orbax: save every N steps and at the end, keep the last K plus the best.
 
-A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` with three items:
+A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` with these items:
 
-    state    the TrainState pytree: params, optimizer state, step, dropout key
-    config   JSON: the model config (TransformerConfig fields) and the training config
-    data     JSON: the input pipeline position. Batches are a pure function of (seed, step), so
-             the position is the number of batches consumed; resuming reads batch `step` next.
+    params       the parameter tree alone: readable with the model config only (evaluation,
+                 translation, fine-tuning need no optimizer)
+    train_state  the rest of the TrainState: step, optimizer state, dropout key (resuming)
+    config       JSON: the model config (TransformerConfig fields) and the training config
+    data         JSON: the input pipeline position. Batches are a pure function of (seed, step), so
+                 the position is the number of batches consumed; resuming reads batch `step` next.
 
-An imported model (`python -m train.convert_marian`) is a checkpoint with `params` (the
-parameter tree alone: no optimizer state to store) and `config` instead: evaluation and
-translation read either kind (`restore_params`); training cannot resume from it.
+An imported model (`python -m train.convert_marian`) has `params` and `config` only: evaluation
+and translation read it like any other; training cannot resume from it. Checkpoints written
+before this layout hold one `state` item (the whole TrainState): they are still read, for
+resuming too (`restore`), and their params are read without an optimizer (`restore_params`).
 
 Together they make resumption exact: training N steps uninterrupted and training k steps, being
 killed, then resuming to N give bit-identical parameters on CPU.
@@ -64,6 +67,7 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the latest is always kept), got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
+        self.keep = keep
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
         if keep_best:
             policies.append(
@@ -86,7 +90,9 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # half-written saves of a killed run
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "params", "config", "data")
+            self.directory,
+            options=options,
+            item_names=("params", "train_state", "state", "config", "data"),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -111,7 +117,8 @@ class Checkpointer:
         return self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                params=ocp.args.StandardSave(state.params),
+                train_state=ocp.args.StandardSave(_optimizer_part(state)),
                 config=ocp.args.JsonSave(dict(config)),
                 data=ocp.args.JsonSave(dict(data_position)),
             ),
@@ -132,29 +139,29 @@ class Checkpointer:
         )
         self.manager.wait_until_finished()
 
+    def _items(self, step: int) -> set[str]:
+        step_directory = os.path.join(self.directory, str(step))
+        return {name for name in os.listdir(step_directory) if not name.startswith("_")}
+
     def holds_params_only(self, step: int | None = None) -> bool:
         """Whether checkpoint `step` is an imported parameter tree (no training state)."""
-        step = self._step_or_latest(step)
-        step_directory = os.path.join(self.directory, str(step))
-        return os.path.isdir(os.path.join(step_directory, "params")) and not os.path.isdir(
-            os.path.join(step_directory, "state")
-        )
+        items = self._items(self._step_or_latest(step))
+        return "params" in items and "train_state" not in items and "state" not in items
 
-    def restore_params(self, abstract_state: Any, step: int | None = None) -> Any:
-        """The params of checkpoint `step`, of either kind: a training state's or imported ones.
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        """The params of checkpoint `step` (the latest by default), of any kind.
 
-        `abstract_state` is the training state's restore target; imported checkpoints are
-        restored into its `params`.
+        `abstract_params` gives their structure, shapes and dtypes: `jax.eval_shape` of
+        `init_params(model_config, key)` (see `abstract_like`); no optimizer is needed.
         """
         step = self._step_or_latest(step)
-        if self.holds_params_only(step):
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_state.params)),
-            )
-            return restored["params"]
-        state, _ = self.restore(abstract_state, step)
-        return state.params
+        if "state" in self._items(step):  # the earlier layout: the whole TrainState in one item
+            target = {"params": abstract_params}
+            return self._restore_earlier_layout(step, target, partial=True)["state"]["params"]
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        )
+        return restored["params"]
 
     def read_config(self, step: int | None = None) -> dict[str, Any]:
         """The config JSON stored with a checkpoint (the latest by default)."""
@@ -195,14 +202,30 @@ class Checkpointer:
                 "optimizer state or data position): it can be evaluated and used to translate, "
                 "not resumed; train in a new --workdir"
             )
+        data = ocp.args.JsonRestore()
+        if "state" in self._items(step):  # the earlier layout
+            restored = self._restore_earlier_layout(step, abstract_state, partial=False)
+            return restored["state"], dict(restored["data"])
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
+                params=ocp.args.StandardRestore(abstract_state.params),
+                train_state=ocp.args.StandardRestore(_optimizer_part(abstract_state)),
+                data=data,
             ),
         )
-        return restored["state"], dict(restored["data"])
+        state = abstract_state.replace(params=restored["params"], **restored["train_state"])
+        return state, dict(restored["data"])
+
+    def _restore_earlier_layout(self, step: int, target: Any, *, partial: bool) -> Any:
+        """Checkpoints of the earlier layout: one `state` item, the whole TrainState."""
+        state = ocp.args.PyTreeRestore(
+            target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=partial,
+        )
+        data = ocp.args.JsonRestore()
+        return self.manager.restore(step, args=ocp.args.Composite(state=state, data=data))
 
     def best_step(self) -> int | None:
         """The kept step with the lowest validation loss (None if none was saved with one)."""
@@ -243,3 +266,8 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree` without its values (a restore target)."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _optimizer_part(state: Any) -> dict[str, Any]:
+    """What a TrainState holds beside its params (apply_fn and tx are code, not data)."""
+    return {"step": state.step, "opt_state": state.opt_state, "dropout_key": state.dropout_key}

@@ -21,7 +21,6 @@ LayerNorm, ...) is refused with an error naming the config field.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -80,20 +79,18 @@ def download(name: str) -> str:
 def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dict:
     """Write `workdir` from a MarianMT directory; returns a summary."""
     import jax
+    from flax_transformer.interop.marian import load_marian
 
-    from flax_transformer import count_params
-    from flax_transformer.marian import TOKENIZER_FILES, MarianTokenizer, load_marian
-    from train.checkpoints import Checkpointer
-    from train.data.tasks import MARIAN_TOKENIZER_DIR
+    from flax_transformer.model import count_params
+    from train.data.vocabulary import MARIAN_TOKENIZER_FILES, MarianVocabulary
+    from train.workdir import Workdir
 
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(os.path.join(workdir, "checkpoints")) or os.path.exists(
-        os.path.join(workdir, "config.json")
-    ):
-        raise FileExistsError(f"{workdir} already holds a run: choose a new --workdir")
+    workdir = Workdir(workdir)
+    if workdir.holds_run():
+        raise FileExistsError(f"{workdir.path} already holds a run: choose a new --workdir")
     start = time.perf_counter()
     # The tokenizer first: it is cheap to check, and a workdir without it cannot translate.
-    tokenizer = MarianTokenizer.from_directory(checkpoint_dir)
+    tokenizer = MarianVocabulary.from_directory(checkpoint_dir)
     checkpoint = load_marian(checkpoint_dir)
     model_config = checkpoint.config
     if tokenizer.vocab_size > model_config.vocab_size:
@@ -115,27 +112,20 @@ def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dic
 
     train_config.tokenizer = "marian"
     train_config.model = model_config.to_dict()
-    run_config = {
-        "model": model_config.to_dict(),
-        "train": {**train_config.to_dict(), "imported_from": origin},
-    }
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer_dir = os.path.join(workdir, MARIAN_TOKENIZER_DIR)
-    os.makedirs(tokenizer_dir, exist_ok=True)
-    for name in (*TOKENIZER_FILES, "tokenizer_config.json"):
+    train = {**train_config.to_dict(), "imported_from": origin}
+    run_config = {"model": model_config.to_dict(), "train": train}
+    os.makedirs(workdir.marian_tokenizer_dir, exist_ok=True)
+    for name in (*MARIAN_TOKENIZER_FILES, "tokenizer_config.json"):
         if os.path.exists(os.path.join(checkpoint_dir, name)):
-            shutil.copyfile(os.path.join(checkpoint_dir, name), os.path.join(tokenizer_dir, name))
+            target = os.path.join(workdir.marian_tokenizer_dir, name)
+            shutil.copyfile(os.path.join(checkpoint_dir, name), target)
     params = jax.tree.map(jax.numpy.asarray, checkpoint.params)
-    with Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=train_config.keep_checkpoints
-    ) as checkpointer:
+    with workdir.checkpointer(keep=train_config.keep_checkpoints) as checkpointer:
         checkpointer.save_params(0, params, config=run_config)
-    # config.json last: a workdir with config.json is complete.
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as file:
-        json.dump(run_config, file, indent=2, sort_keys=True)
+    workdir.write_config(train, model_config)  # last: a workdir with config.json is complete
     return {
         "origin": origin,
-        "workdir": workdir,
+        "workdir": workdir.path,
         "parameters": count_params(params),
         "vocab_size": model_config.vocab_size,
         "config": model_config,

@@ -22,11 +22,11 @@ import time
 
 from absl import app, flags, logging
 
-from train import decoding_flags
+from train import inference_flags
 
 _SPLIT = flags.DEFINE_string("split", "test", "validation or test (or the dataset's split name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hypotheses.")
-flags.adopt_module_key_flags(decoding_flags)  # list them in --help
+flags.adopt_module_key_flags(inference_flags)  # list them in --help
 
 
 def main(argv: list[str]) -> int:
@@ -34,30 +34,32 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow_datasets as tfds
 
-    from train.data.tasks import evaluation_split
-    from train.evaluation import decode_batches, score
+    from train.data.run_data import evaluation_split
+    from train.data.sources import open_roles, role_of
+    from train.evaluation import score, translate_batches
     from train.workdir import load_run
 
     tfds.disable_progress_bar()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    workdir = os.path.abspath(decoding_flags.WORKDIR.value)
-    options = decoding_flags.options()
+    options = inference_flags.options()
     run = load_run(
-        workdir, step=decoding_flags.STEP.value, average_last=decoding_flags.AVERAGE_LAST.value
+        inference_flags.WORKDIR.value,
+        step=inference_flags.STEP.value,
+        average_last=inference_flags.AVERAGE_LAST.value,
     )
-    run.config.eval_batch_size = decoding_flags.BATCH_SIZE.value
-    vocabulary, split = evaluation_split(run.config, workdir, _SPLIT.value)
+    run.config.eval_batch_size = inference_flags.BATCH_SIZE.value
+    role = role_of(run.config, _SPLIT.value)
+    vocabulary = run.workdir.vocabulary(run.config)
+    source = open_roles(run.config, [role])[role]
+    split = evaluation_split(run.config, role, source, vocabulary)
     start = time.perf_counter()
-    outputs = decode_batches(run.model_config, run.params, split.batches, vocabulary, options)
+    outputs = translate_batches(run.model_config, run.params, split.batches, vocabulary, options)
     seconds = time.perf_counter() - start
     hypotheses = [outputs[index] for index in range(len(split.references))]
     scores = score(hypotheses, split.references)
 
-    averaged = f"-average{len(run.steps)}" if len(run.steps) > 1 else ""
-    output = _OUTPUT.value or os.path.join(
-        workdir, "translations", f"{split.name}-{run.steps[-1]}{averaged}-{options.method}.txt"
-    )
+    output = _OUTPUT.value or run.workdir.translation_path(split.name, run.steps, options.method)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as file:
         file.writelines(f"{line}\n" for line in hypotheses)

@@ -1,6 +1,8 @@
 """Evaluation shared by training, `python -m train.evaluate` and `python -m train.translate`.
 
-    decode_batches   source batches -> detokenized hypotheses (greedy, beam search or sampling)
+    DecodingOptions     how outputs are searched for (greedy, beam search or sampling)
+    generate_tokens     one batch of source ids -> output ids
+    translate_batches   source batches -> detokenized hypotheses
     score            hypotheses vs references -> corpus BLEU and chrF with sacrebleu (detokenized
                      text, sacrebleu's default 13a tokenization), with sacrebleu's signatures
     evaluate         loss and token accuracy (teacher forcing) + decoding + scores over batches
@@ -70,7 +72,7 @@ class DecodingOptions:
         return "greedy"
 
 
-def decode_tokens(
+def generate_tokens(
     model_config: TransformerConfig,
     params: Any,
     source: np.ndarray,
@@ -111,7 +113,7 @@ def decode_tokens(
     )
 
 
-def decode_batches(
+def translate_batches(
     model_config: TransformerConfig,
     params: Any,
     batches: Iterable[Mapping[str, np.ndarray]],
@@ -121,7 +123,7 @@ def decode_batches(
     """Detokenized output for every real row of `batches`, keyed by its "example_index"."""
     outputs: dict[int, str] = {}
     for batch_index, batch in enumerate(batches):
-        tokens = decode_tokens(
+        tokens = generate_tokens(
             model_config,
             params,
             batch["source"],
@@ -179,7 +181,7 @@ def evaluate(
     summary = summarize_metrics(sums)
     examples: list[tuple[str, str, str]] = []
     if options is not None:
-        outputs = decode_batches(model_config, params, batches, vocabulary, options)
+        outputs = translate_batches(model_config, params, batches, vocabulary, options)
         order = sorted(outputs)
         hypotheses = [outputs[i] for i in order]
         chosen_references = [references[i] for i in order]
@@ -198,8 +200,8 @@ def _model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 __all__ = [
     "DECODING_METHODS",
     "DecodingOptions",
-    "decode_batches",
-    "decode_tokens",
+    "generate_tokens",
+    "translate_batches",
     "evaluate",
     "score",
 ]

@@ -18,12 +18,11 @@ from tensorboardX import SummaryWriter
 class MetricWriter:
     """Writes scalar metrics of a step under a prefix ("train", "validation", "test")."""
 
-    def __init__(self, workdir: str | os.PathLike) -> None:
-        workdir = os.fspath(workdir)
-        os.makedirs(workdir, exist_ok=True)
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    def __init__(self, jsonl_path: str | os.PathLike, tensorboard_dir: str | os.PathLike) -> None:
+        self.jsonl_path = os.fspath(jsonl_path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.jsonl_path)), exist_ok=True)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tensorboard = SummaryWriter(os.fspath(tensorboard_dir))
 
     def write(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
         values = {key: float(value) for key, value in metrics.items()}
@@ -45,8 +44,7 @@ class MetricWriter:
         self.close()
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    """All records of `metrics.jsonl` in a workdir (for notebooks and tests)."""
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-    with open(path, encoding="utf-8") as file:
+def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:
+    """All records of a `metrics.jsonl` file (`Workdir.metrics_path`; for notebooks and tests)."""
+    with open(jsonl_path, encoding="utf-8") as file:
         return [json.loads(line) for line in file if line.strip()]

@@ -13,67 +13,42 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from absl import app, flags, logging
 
-from train import decoding_flags
+from train import inference_flags
 
 _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line ('-': stdin).")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file ('-': stdout).")
-flags.adopt_module_key_flags(decoding_flags)  # list them in --help
+flags.adopt_module_key_flags(inference_flags)  # list them in --help
 
 
 def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int) -> list[str]:
     """Translations of `lines` (whitespace-normalised first), in order; "" for empty lines."""
-    from train.data.batching import TokenizedSplit, evaluation_batches
     from train.data.parallel_text import normalize_whitespace
-    from train.data.tasks import eval_bucket_lengths
-    from train.evaluation import decode_batches
+    from train.data.run_data import sentence_batches
+    from train.evaluation import translate_batches
 
-    limit = run.model_config.max_len
-    sources, kept = [], []
-    for number, line in enumerate(lines, start=1):
-        text = normalize_whitespace(line)
-        if not text:
-            continue
-        ids = np.array([*vocabulary.encode(text), vocabulary.eos_id], np.int32)
-        if len(ids) > limit:
-            raise ValueError(
-                f"line {number} is {len(ids)} tokens long (with eos), longer than the model's "
-                f"max_len={limit}: {text[:100]!r}"
-            )
-        sources.append(ids)
-        kept.append(number - 1)
-    if not sources:
-        return [""] * len(lines)
-    eos_only = [np.array([vocabulary.eos_id], np.int32)] * len(sources)
-    split = TokenizedSplit(sources, eos_only, np.array(kept), 0)
-    batches = evaluation_batches(
-        split,
-        batch_size=batch_size,
-        bucket_lengths=eval_bucket_lengths(limit),
-        pad_id=vocabulary.pad_id,
-        bos_id=vocabulary.bos_id,
+    texts = [normalize_whitespace(line) for line in lines]
+    batches = sentence_batches(
+        texts, vocabulary, batch_size=batch_size, limit=run.model_config.max_len
     )
-    outputs = decode_batches(run.model_config, run.params, batches, vocabulary, options)
+    outputs = translate_batches(run.model_config, run.params, batches, vocabulary, options)
     return [outputs.get(index, "") for index in range(len(lines))]
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import os
-
-    from train.data.tasks import load_vocabulary
     from train.workdir import load_run
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    workdir = os.path.abspath(decoding_flags.WORKDIR.value)
     run = load_run(
-        workdir, step=decoding_flags.STEP.value, average_last=decoding_flags.AVERAGE_LAST.value
+        inference_flags.WORKDIR.value,
+        step=inference_flags.STEP.value,
+        average_last=inference_flags.AVERAGE_LAST.value,
     )
-    vocabulary = load_vocabulary(run.config, workdir)
+    vocabulary = run.workdir.vocabulary(run.config)
     if _INPUT.value == "-":
         lines = sys.stdin.read().split("\n")
     else:
@@ -82,7 +57,7 @@ def main(argv: list[str]) -> int:
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     translations = translate_lines(
-        run, vocabulary, lines, decoding_flags.options(), decoding_flags.BATCH_SIZE.value
+        run, vocabulary, lines, inference_flags.options(), inference_flags.BATCH_SIZE.value
     )
     text = "".join(f"{line}\n" for line in translations)
     if _OUTPUT.value == "-":

@@ -41,8 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer = "sentencepiece"
     config.tokenizer_vocab_size = 8000
     config.tokenizer_train_pairs = 0  # 0 = every training pair; else an evenly spread subset
-    # "examples": batch_size pairs per batch (number_words). Text datasets: "padded", "bucketed"
-    # or "packed", about batch_tokens tokens per side per batch (see train/data/batching.py).
+    # "examples": batch_size pairs per batch, rows padded to the data's longest pair (the built-in
+    # task's). "padded", "bucketed" or "packed": about batch_tokens tokens per side per batch,
+    # for text (see train/data/run_data.py).
     config.batching = "examples"
     config.batch_tokens = 4096
     config.max_length = 128  # training pairs with a longer side (with eos) are dropped

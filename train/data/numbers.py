@@ -13,18 +13,19 @@ This module holds
 - `split_numbers` and `generate_examples`: the deterministic train/validation/test splits;
 - `NumberWords`: a TFDS builder that writes the splits as ArrayRecord files (no download);
 - `prepare_number_words`: builds (once) and returns that builder;
-- `WordVocabulary` and `number_words_vocabulary`: a word-level tokenizer for the task, with the
-  interface that a SentencePiece tokenizer offers the pipeline (`encode`, `decode`, `pad_id`...).
+- `number_words_vocabulary`: the task's fixed word-level vocabulary
+  (`train.data.vocabulary.WordVocabulary`).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from train.data.vocabulary import SPECIAL_TOKENS, WordVocabulary
 
 # --- The task -------------------------------------------------------------------------------
 
@@ -211,71 +212,6 @@ def prepare_number_words(data_dir: str | os.PathLike) -> NumberWords:
 
 
 # --- The vocabulary -------------------------------------------------------------------------
-
-_TOKEN_PATTERN = re.compile(r"\d|[^\s\d]+")
-"""A token is a single digit or a run of characters that are neither digits nor whitespace."""
-
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-"""Padding, beginning and end of sequence, unknown: ids 0, 1, 2, 3."""
-
-
-class WordVocabulary:
-    """A tokenizer whose tokens are single digits and whitespace-separated words.
-
-    It offers the interface the input pipeline and decoding use, as a SentencePiece tokenizer
-    would: `pad_id`, `bos_id`, `eos_id`, `unk_id`, `vocab_size`, `encode`, `decode`, `tokens`.
-
-    Args:
-      tokens: the token strings, id = index; the first four must be `SPECIAL_TOKENS`.
-    """
-
-    pad_id = 0
-    bos_id = 1
-    eos_id = 2
-    unk_id = 3
-
-    def __init__(self, tokens: Sequence[str]):
-        tokens = list(tokens)
-        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"the first tokens must be {SPECIAL_TOKENS}, got {tokens[:4]}")
-        if len(set(tokens)) != len(tokens):
-            raise ValueError("tokens must be distinct")
-        for token in tokens[len(SPECIAL_TOKENS) :]:
-            if _TOKEN_PATTERN.fullmatch(token) is None:
-                raise ValueError(f"{token!r} is not a single digit or a word without digits")
-        self.tokens = tokens
-        self._id_of = {token: i for i, token in enumerate(tokens)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no bos/eos added); unknown tokens become `unk_id`."""
-        return [self._id_of.get(token, self.unk_id) for token in _TOKEN_PATTERN.findall(text)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`: stops at the first eos, skips pad and bos, joins words with spaces and
-        consecutive digits without, so `decode(encode("40712")) == "40712"`. Ids outside the
-        vocabulary (a model whose output layer is padded past `vocab_size`) read as "<unk>"."""
-        pieces: list[str] = []
-        for token_id in ids:
-            token_id = int(token_id)  # accepts numpy and jax integers
-            if token_id == self.eos_id:
-                break
-            if token_id in (self.pad_id, self.bos_id):
-                continue
-            in_vocabulary = 0 <= token_id < self.vocab_size
-            pieces.append(self.tokens[token_id if in_vocabulary else self.unk_id])
-        text = ""
-        for piece in pieces:
-            # Digits were one token each ("40712" -> 4 0 7 1 2): glue them back together.
-            glue = "" if not text or (text[-1].isdigit() and piece.isdigit()) else " "
-            text += glue + piece
-        return text
-
-    def __repr__(self) -> str:
-        return f"WordVocabulary(vocab_size={self.vocab_size})"
 
 
 def number_words_vocabulary() -> WordVocabulary:

@@ -23,10 +23,10 @@ import sacrebleu
 
 from train.configs import multi30k
 from train.data.numbers import number_to_words
-from train.data.tasks import TOKENIZER_FILE, load_tokenizer
-from train.evaluation import DecodingOptions, score
-from train.train import train_and_evaluate
-from train.workdir import average_params, load_run
+from train.loop import train_and_evaluate
+from train.workdir import Workdir, average_params, load_run
+
+TOKENIZER_FILE = "tokenizer.model"  # the layout users see (README), written out on purpose
 
 DATA = Path(os.environ.get("MULTI30K_DIR", str(multi30k.DEFAULT_DATA)))
 HAVE_MULTI30K = (DATA / "train.en").exists()
@@ -196,32 +196,10 @@ def test_checkpoint_averaging_is_the_mean_of_the_checkpoints(trained) -> None:
         average_params([])
 
 
-def test_score_matches_sacrebleu_and_counts_exact_matches() -> None:
-    hypotheses = ["Ein Mann fährt Fahrrad .", "Zwei Hunde spielen im Schnee."]
-    references = ["Ein Mann fährt ein Fahrrad.", "Zwei Hunde spielen im Schnee."]
-    scores = score(hypotheses, references)
-    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
-    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
-    assert scores["exact_match"] == 0.5
-    assert score(references, references)["bleu"] == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
-        score(hypotheses, references[:1])
-
-
-def test_decoding_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="decoding method must be one of"):
-        DecodingOptions(method="nucleus")
-    with pytest.raises(ValueError, match="beam_size must be >= 1"):
-        DecodingOptions(beam_size=0)
-    with pytest.raises(ValueError, match="beam_stop must be one of"):
-        DecodingOptions(beam_stop="early")
-
-
 def test_config_errors_name_the_field(trained, tmp_path: Path) -> None:
     config, workdir, _ = trained
     text = workdir.parent / "text"
     cases = [
-        ({"batching": "examples"}, "config.batching='examples' does not go with"),
         ({"batching": "sorted"}, "config.batching must be one of"),
         ({"data_path": ""}, "needs config.data_path"),
         ({"test_split": "test2017"}, r"no split\(s\) 'test2017' \(config.test_split\)"),
@@ -263,7 +241,7 @@ def test_tokenizer_subset_reads_only_an_evenly_spread_subset(tmp_path: Path) -> 
     pairs = [{"source": str(n), "target": number_to_words(n)} for n in range(1000, 401000, 1000)]
     source = CountingSource(pairs)
     config = tiny_config(tmp_path, tmp_path, tokenizer_train_pairs=100, tokenizer_vocab_size=320)
-    vocabulary = load_tokenizer(config, str(tmp_path), source)
+    vocabulary = Workdir(tmp_path).vocabulary(config, source)
     assert vocabulary.vocab_size == 320 and (tmp_path / TOKENIZER_FILE).exists()
     assert len(source.read) == 100 and source.read[0] == 0 and source.read[-1] == 399
     assert sorted(set(source.read)) == source.read  # each read once, in order

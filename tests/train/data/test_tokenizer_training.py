@@ -1,4 +1,5 @@
-"""The shared SentencePiece vocabulary: ids, determinism, round trips, files, errors.
+"""Training the shared SentencePiece vocabulary, and reading it back: ids, determinism, round
+trips, files, errors.
 
 The Multi30k tests read `$MULTI30K_DIR` (default: `shared/data/multi30k` beside the
 repository) and skip when it is absent.
@@ -25,10 +26,16 @@ import sentencepiece as spm
 from hypothesis import given
 from hypothesis import strategies as st
 
-from train.data.pipeline import eval_batches
-from train.data.tokenizer import SentencePieceVocabulary, texts_of_both_sides
+from train.data.batching import evaluation_batches, tokenize_split
+from train.data.tokenizer_training import (
+    load_or_train_on_split,
+    load_or_train_sentencepiece,
+    texts_of_both_sides,
+    train_sentencepiece,
+)
+from train.data.vocabulary import SentencePieceVocabulary
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 MULTI30K = Path(os.environ.get("MULTI30K_DIR", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
 
 SMALL_ALPHABET = "abcdefgh"
@@ -48,7 +55,7 @@ def _small_corpus(seed: int = 0, sentences: int = 400) -> list[str]:
 
 @pytest.fixture(scope="module")
 def small_vocabulary() -> SentencePieceVocabulary:
-    return SentencePieceVocabulary.train(_small_corpus(), SMALL_VOCAB)
+    return train_sentencepiece(_small_corpus(), SMALL_VOCAB)
 
 
 def _multi30k_lines(name: str, count: int) -> list[str]:
@@ -65,7 +72,7 @@ def multi30k_vocabulary() -> SentencePieceVocabulary:
     """Trained on both sides of the first 1000 pairs of train (0.2 s)."""
     english, german = _multi30k_lines("train.en", 1000), _multi30k_lines("train.de", 1000)
     pairs = [{"source": e.encode(), "target": g} for e, g in zip(english, german, strict=True)]
-    return SentencePieceVocabulary.train(texts_of_both_sides(pairs), 1000)
+    return train_sentencepiece(texts_of_both_sides(pairs), 1000)
 
 
 # --- Ids and pieces ---------------------------------------------------------------------------
@@ -111,17 +118,17 @@ def test_decode_skips_pad_and_bos_and_stops_at_the_first_eos(small_vocabulary):
 
 
 def test_training_is_deterministic_across_runs_and_processes(small_vocabulary):
-    again = SentencePieceVocabulary.train(_small_corpus(), SMALL_VOCAB)
+    again = train_sentencepiece(_small_corpus(), SMALL_VOCAB)
     assert again.model_bytes == small_vocabulary.model_bytes
-    other_text = SentencePieceVocabulary.train(_small_corpus(seed=1), SMALL_VOCAB)
+    other_text = train_sentencepiece(_small_corpus(seed=1), SMALL_VOCAB)
     assert other_text.model_bytes != small_vocabulary.model_bytes
 
     script = textwrap.dedent(
         f"""
         import hashlib, json, sys
-        from train.data.tokenizer import SentencePieceVocabulary
+        from train.data.tokenizer_training import train_sentencepiece
 
-        model = SentencePieceVocabulary.train(json.load(sys.stdin), {SMALL_VOCAB}).model_bytes
+        model = train_sentencepiece(json.load(sys.stdin), {SMALL_VOCAB}).model_bytes
         print(hashlib.sha256(model).hexdigest())
         """
     )
@@ -176,10 +183,12 @@ def test_vocabulary_works_in_the_input_pipeline(multi30k_vocabulary):
         {"source": b"A dog runs.", "target": "Ein Hund rennt."},
         {"source": "Two men.", "target": "Zwei Männer."},
     ]
-    (batch,) = list(
-        eval_batches(examples, multi30k_vocabulary, batch_size=2, source_len=16, target_len=16)
+    split = tokenize_split(examples, multi30k_vocabulary, max_length=16, drop_long=False)
+    (batch,) = evaluation_batches(
+        split, batch_size=2, bucket_lengths=[16], pad_id=0, bos_id=multi30k_vocabulary.bos_id
     )
-    assert [multi30k_vocabulary.decode(row) for row in batch["target"]] == [
+    order = batch["example_index"]  # sorted by length
+    assert [multi30k_vocabulary.decode(row) for row in batch["target"][np.argsort(order)]] == [
         "Ein Hund rennt.",
         "Zwei Männer.",
     ]
@@ -187,8 +196,8 @@ def test_vocabulary_works_in_the_input_pipeline(multi30k_vocabulary):
 
 
 def test_bpe_model_type():
-    vocabulary = SentencePieceVocabulary.train(_small_corpus(), 280, model_type="bpe")
-    unigram = SentencePieceVocabulary.train(_small_corpus(), 280)
+    vocabulary = train_sentencepiece(_small_corpus(), 280, model_type="bpe")
+    unigram = train_sentencepiece(_small_corpus(), 280)
     assert vocabulary.model_bytes != unigram.model_bytes
     assert vocabulary.vocab_size == 280
     assert vocabulary.decode(vocabulary.encode("abc hg zz€")) == "abc hg zz€"
@@ -211,7 +220,6 @@ def test_save_load_and_pickle(small_vocabulary, tmp_path):
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
     for loaded in (
         SentencePieceVocabulary.from_file(path),
-        SentencePieceVocabulary.load(path),
         pickle.loads(pickle.dumps(small_vocabulary)),
     ):
         assert loaded.vocab_size == SMALL_VOCAB
@@ -225,14 +233,14 @@ def _never_read():
 
 def test_load_or_train_trains_once_then_reuses(tmp_path):
     path = tmp_path / "workdir" / "vocab.model"
-    trained = SentencePieceVocabulary.load_or_train(path, _small_corpus(), SMALL_VOCAB)
+    trained = load_or_train_sentencepiece(path, _small_corpus(), SMALL_VOCAB)
     assert path.read_bytes() == trained.model_bytes
-    reused = SentencePieceVocabulary.load_or_train(path, _never_read(), SMALL_VOCAB)
+    reused = load_or_train_sentencepiece(path, _never_read(), SMALL_VOCAB)
     assert reused.model_bytes == trained.model_bytes
     with pytest.raises(
         ValueError, match=r"vocab\.model holds a vocabulary of 300 ids, but vocab_size=400"
     ):
-        SentencePieceVocabulary.load_or_train(path, _never_read(), 400)
+        load_or_train_sentencepiece(path, _never_read(), 400)
 
 
 def _foreign_model() -> bytes:
@@ -258,7 +266,7 @@ def test_invalid_model_files_are_rejected_with_their_path(tmp_path, content, mes
     with pytest.raises(ValueError, match=f"{re.escape(str(path))} {message}"):
         SentencePieceVocabulary.from_file(path)
     with pytest.raises(ValueError, match=message):
-        SentencePieceVocabulary.load_or_train(path, _never_read(), SMALL_VOCAB)
+        load_or_train_sentencepiece(path, _never_read(), SMALL_VOCAB)
     with pytest.raises(FileNotFoundError, match="absent.model"):
         SentencePieceVocabulary.from_file(tmp_path / "absent.model")
 
@@ -271,12 +279,30 @@ def test_training_errors_say_what_is_wrong():
     with pytest.raises(
         ValueError, match=r"supports at most \d+ pieces, fewer than vocab_size=8000"
     ):
-        SentencePieceVocabulary.train(tiny, 8000)
+        train_sentencepiece(tiny, 8000)
     with pytest.raises(ValueError, match=r"vocab_size=100 is too small .* at least \d+ pieces"):
-        SentencePieceVocabulary.train(tiny, 100)
+        train_sentencepiece(tiny, 100)
     with pytest.raises(ValueError, match="no training text"):
-        SentencePieceVocabulary.train([], 300)
+        train_sentencepiece([], 300)
     with pytest.raises(ValueError, match="model_type must be one of"):
-        SentencePieceVocabulary.train(tiny, 300, model_type="char")
+        train_sentencepiece(tiny, 300, model_type="char")
     with pytest.raises(ValueError, match="vocab_size must be an int above 4"):
-        SentencePieceVocabulary.train(tiny, 4)
+        train_sentencepiece(tiny, 4)
+
+
+def test_load_or_train_on_split_reads_an_even_subset(tmp_path):
+    pairs = [{"source": f"a{i % 7} b", "target": f"c{i % 5} d"} for i in range(40)]
+
+    class Counting(list):
+        read: list[int] = []
+
+        def __getitems__(self, indices):
+            self.read.extend(indices)
+            return [self[i] for i in indices]
+
+    source = Counting(pairs)
+    vocabulary = load_or_train_on_split(tmp_path / "t.model", source, 270, max_pairs=5)
+    assert source.read == [0, 9, 19, 29, 39]  # evenly spread, first and last included
+    assert vocabulary.vocab_size == 270 and (tmp_path / "t.model").exists()
+    again = load_or_train_on_split(tmp_path / "t.model", Counting([]), 270)  # reused: nothing read
+    assert again.model_bytes == vocabulary.model_bytes

@@ -1,9 +1,11 @@
-"""Flags shared by `python -m train.evaluate` and `python -m train.translate`."""
+"""Flags shared by `python -m train.evaluate` and `python -m train.translate`: which run and
+checkpoint(s) to read (--workdir, --step, --average_last), and how to decode."""
 
 from __future__ import annotations
 
 from absl import flags
 
+from flax_transformer import decoding
 from train.evaluation import DECODING_METHODS, DecodingOptions
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run of `python -m train`.")
@@ -24,7 +26,7 @@ LENGTH_PENALTY = flags.DEFINE_float(
 BEAM_STOP = flags.DEFINE_enum(
     "beam_stop",
     "finished",
-    ["finished", "bound"],
+    list(decoding.BEAM_STOP_RULES),
     "When a sentence's beam search ends: 'finished' (all beams have finished; beam size 1 is "
     "greedy) or 'bound' (no alive hypothesis can still win: tensor2tensor's rule, slower).",
 )

@@ -17,9 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import data
 from train.checkpoints import Checkpointer, CheckpointMismatchError
 from train.configs import default as default_config
+from train.data.numbers import SPLIT_SIZES, number_words_vocabulary, prepare_number_words
 from train.metric_writers import read_metrics
 
 # A tiny model and short intervals: every test here trains for seconds.
@@ -47,7 +47,7 @@ TINY_OVERRIDES = {
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     directory = tmp_path_factory.mktemp("tfds")
-    data.prepare_number_words(directory)
+    prepare_number_words(directory)
     return str(directory)
 
 
@@ -70,10 +70,14 @@ def command_line(workdir: str, data_dir: str, **overrides: object) -> list[str]:
 
 
 def restored_state(workdir: str, step: int) -> dict:
-    """The raw saved state arrays of a checkpoint, read without a target (numpy)."""
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    """The raw saved arrays of a checkpoint (params and the rest of the train state), read
+    without a target (numpy)."""
+    path = os.path.join(workdir, "checkpoints", str(step))
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path)
+        return {
+            item: checkpointer.restore(os.path.join(path, item))
+            for item in ("params", "train_state")
+        }
 
 
 def assert_trees_identical(left: dict, right: dict) -> None:
@@ -104,12 +108,12 @@ def wait_for_checkpoint(workdir: str, process: subprocess.Popen, timeout: float 
 
 # ---------------------------------------------------------------------------------------------
 def test_tiny_run_writes_metrics_checkpoints_and_learns(data_dir: str, tmp_path) -> None:
-    from train.train import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     config = tiny_config(data_dir, num_train_steps=60, eval_every_steps=30)
     result = train_and_evaluate(config, str(tmp_path))
     assert not result.interrupted and result.step == 60
-    records = read_metrics(tmp_path)
+    records = read_metrics(tmp_path / "metrics.jsonl")
     train_records = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_records] == list(range(4, 61, 4))
     assert train_records[-1]["loss"] < train_records[0]["loss"]  # it learns something
@@ -119,19 +123,19 @@ def test_tiny_run_writes_metrics_checkpoints_and_learns(data_dir: str, tmp_path)
     validation = [r for r in records if r["split"] == "validation"]
     assert [r["step"] for r in validation] == [30, 60]
     assert validation[-1]["examples"] == 50
-    assert result.test["examples"] == data.SPLIT_SIZES["test"]
+    assert result.test["examples"] == SPLIT_SIZES["test"]
     assert 0.0 <= result.test["exact_match"] <= 1.0
     assert os.listdir(tmp_path / "tensorboard")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["d_model"] == 32
-    assert saved["model"]["vocab_size"] == data.number_words_vocabulary().vocab_size
+    assert saved["model"]["vocab_size"] == number_words_vocabulary().vocab_size
     with Checkpointer(tmp_path / "checkpoints") as checkpointer:
         assert checkpointer.latest_step() == 60
         assert checkpointer.read_config()["model"] == saved["model"]
 
 
 def test_resuming_with_another_model_config_is_refused(data_dir: str, tmp_path) -> None:
-    from train.train import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     train_and_evaluate(tiny_config(data_dir, num_train_steps=6), str(tmp_path))
     expected = r"d_model: checkpoint has 32, this run has 16"
@@ -153,7 +157,7 @@ def test_resuming_with_another_model_config_is_refused(data_dir: str, tmp_path) 
     ],
 )
 def test_bad_config_values_are_named(data_dir: str, tmp_path, field, value, message) -> None:
-    from train.train import train_and_evaluate
+    from train.loop import train_and_evaluate
 
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(tiny_config(data_dir, **{field: value}), str(tmp_path))
@@ -208,49 +212,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(data_dir: str, tmp_path) ->
     stopped_at = int(match[0].split()[3].rstrip(";"))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
         assert checkpointer.latest_step() == stopped_at >= first_checkpoint
-
-
-def test_checkpoints_keep_the_latest_k_plus_the_best(tmp_path) -> None:
-    """keep=2: the two latest survive, plus the lowest validation loss; older ones go."""
-    state = {"params": np.arange(3.0), "step": np.array(0, np.int32)}
-    losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: None, 5: 2.5, 6: 2.2}
-    with Checkpointer(tmp_path, keep=2) as checkpointer:
-        for step, loss in losses.items():
-            checkpointer.save(
-                step,
-                state,
-                config={"model": {}},
-                data_position={"step": step},
-                metrics=None if loss is None else {"validation_loss": loss},
-            )
-            checkpointer.wait()
-        assert checkpointer.all_steps() == [2, 5, 6]
-        assert checkpointer.best_step() == 2
-        restored, position = checkpointer.restore(state, step=2)
-        np.testing.assert_array_equal(restored["params"], state["params"])
-        assert position == {"step": 2}
-        assert not checkpointer.save(6, state, config={}, data_position={})  # never overwritten
-    # A resumed run (a new manager on the same directory) still knows which one is the best.
-    with Checkpointer(tmp_path, keep=2) as checkpointer:
-        for step in (7, 8):
-            checkpointer.save(
-                step,
-                state,
-                config={"model": {}},
-                data_position={"step": step},
-                metrics={"validation_loss": 5.0},
-            )
-            checkpointer.wait()
-        assert checkpointer.all_steps() == [2, 7, 8]
-        assert checkpointer.best_step() == 2
-
-
-def test_restore_errors_name_the_directory(tmp_path) -> None:
-    with (
-        Checkpointer(tmp_path / "empty") as checkpointer,
-        pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"),
-    ):
-        checkpointer.read_config()
 
 
 def test_help_lists_the_flags_and_config_fields() -> None:

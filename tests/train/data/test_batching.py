@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import flax_transformer as ft
-from train.data import batching
+from train.data import batching, packing
+from train.data.run_data import TOKEN_BUDGET_MODES, token_budget_batches
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -19,6 +20,8 @@ class CharVocabulary:
 
     def encode(self, text: str) -> list[int]:
         return [3 + (ord(c) % 40) for c in text]
+
+    encode_target = encode
 
 
 def random_split(
@@ -77,10 +80,10 @@ def test_default_bucket_lengths() -> None:
     assert batching.default_bucket_lengths(256)[-4:] == (160, 192, 224, 256)
 
 
-@pytest.mark.parametrize("mode", batching.BATCHING_MODES)
+@pytest.mark.parametrize("mode", TOKEN_BUDGET_MODES)
 def test_every_epoch_visits_every_pair_once_with_static_shapes(mode: str) -> None:
     split = random_split(np.random.default_rng(0), 300)
-    batches = batching.make_train_batches(
+    batches = token_budget_batches(
         mode, split, batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=5, row_multiple=2
     )
     expected = sorted(
@@ -101,11 +104,11 @@ def test_every_epoch_visits_every_pair_once_with_static_shapes(mode: str) -> Non
             step += 1
         assert sorted(seen) == expected
     assert batches[3]["source"].tolist() == batches[3]["source"].tolist()
-    again = batching.make_train_batches(
+    again = token_budget_batches(
         mode, split, batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=5, row_multiple=2
     )
     assert all(np.array_equal(again[s]["target"], batches[s]["target"]) for s in (0, 7, step))
-    other_seed = batching.make_train_batches(
+    other_seed = token_budget_batches(
         mode, split, batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=6, row_multiple=2
     )
     assert not np.array_equal(other_seed[0]["source"], batches[0]["source"])
@@ -134,7 +137,7 @@ def test_packed_rows_hold_shifted_targets_segments_and_positions() -> None:
         example_index=np.arange(2),
         num_dropped=0,
     )
-    batch = batching.packed_batch(split, [[0, 1]], num_rows=2, length=8, pad_id=PAD, bos_id=BOS)
+    batch = packing.packed_batch(split, [[0, 1]], num_rows=2, length=8, pad_id=PAD, bos_id=BOS)
     assert batch["source"][0].tolist() == [5, 6, EOS, 7, EOS, PAD, PAD, PAD]
     assert batch["source_segment_ids"][0].tolist() == [1, 1, 1, 2, 2, 0, 0, 0]
     assert batch["source_positions"][0].tolist() == [0, 1, 2, 0, 1, 0, 0, 0]
@@ -148,21 +151,21 @@ def test_packed_rows_hold_shifted_targets_segments_and_positions() -> None:
 def test_pack_pairs_respects_both_sides_and_fills_rows() -> None:
     rng = np.random.default_rng(2)
     lengths = rng.integers(2, 20, size=(500, 2))
-    rows = batching.pack_pairs(lengths, rng.permutation(500), row_length=40)
+    rows = packing.pack_pairs(lengths, rng.permutation(500), row_length=40)
     assert sorted(i for row in rows for i in row) == list(range(500))
     for row in rows:
         assert lengths[row, 0].sum() <= 40 and lengths[row, 1].sum() <= 40
     fill = lengths.max(axis=1).sum() / (40 * len(rows))
     assert fill > 0.85, fill
     with pytest.raises(ValueError, match="does not fit a row of 10"):
-        batching.pack_pairs(np.array([[11, 3]]), [0], row_length=10)
+        packing.pack_pairs(np.array([[11, 3]]), [0], row_length=10)
 
 
 def test_packing_wastes_less_than_bucketing_and_padding() -> None:
     split = random_split(np.random.default_rng(3), 400)
     fractions = {}
-    for mode in batching.BATCHING_MODES:
-        batches = batching.make_train_batches(
+    for mode in TOKEN_BUDGET_MODES:
+        batches = token_budget_batches(
             mode, split, batch_tokens=512, max_length=32, pad_id=PAD, bos_id=BOS, seed=0
         )
         fractions[mode] = np.mean(
@@ -197,11 +200,11 @@ def test_bad_arguments_are_named() -> None:
     split = random_split(np.random.default_rng(5), 10, max_len=30)
     common = dict(pad_id=PAD, bos_id=BOS, seed=0)
     with pytest.raises(ValueError, match="batching mode must be one of"):
-        batching.make_train_batches("sorted", split, batch_tokens=64, max_length=32, **common)
+        token_budget_batches("sorted", split, batch_tokens=64, max_length=32, **common)
     with pytest.raises(ValueError, match="batch_tokens must be positive"):
-        batching.make_train_batches("packed", split, batch_tokens=0, max_length=32, **common)
+        token_budget_batches("packed", split, batch_tokens=0, max_length=32, **common)
     with pytest.raises(ValueError, match="longer than the packed row length 8"):
-        batching.PackedBatches(split, batch_tokens=64, length=8, **common)
+        packing.PackedBatches(split, batch_tokens=64, length=8, **common)
     with pytest.raises(ValueError, match="longer than the longest bucket"):
         batching.BucketedBatches(split, batch_tokens=64, bucket_lengths=(4, 8), **common)
 
@@ -213,7 +216,7 @@ def test_packed_rows_compute_each_pair_as_if_alone() -> None:
     params = ft.init_params(config, jax.random.key(0))
     split = random_split(np.random.default_rng(6), 6, max_len=9)
     rows = [[0, 1, 2], [3, 4, 5]]
-    batch = batching.packed_batch(split, rows, num_rows=2, length=32, pad_id=PAD, bos_id=BOS)
+    batch = packing.packed_batch(split, rows, num_rows=2, length=32, pad_id=PAD, bos_id=BOS)
     model = ft.Transformer(config)
     packed_logits = model.apply(
         {"params": params},

@@ -1,4 +1,5 @@
-"""The built-in number-words dataset, its vocabulary and its TensorFlow-free input pipeline."""
+"""The built-in number-words dataset and its vocabulary, read without TensorFlow; and its batches
+(fixed rows) through the common tokenize -> batch path."""
 
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.data import (
+from train.data.batching import FixedRowsBatches, fixed_rows_evaluation_batches, tokenize_split
+from train.data.numbers import (
     SPLIT_SIZES,
     NumberWords,
-    encode_example,
-    eval_batches,
     generate_examples,
-    max_lengths,
     number_to_words,
     number_words_vocabulary,
     prepare_number_words,
     split_numbers,
-    train_batches,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 # 9 digits + eos; 14 words ("seven hundred seventy seven million ... seventy seven") + eos.
 SOURCE_LEN, TARGET_LEN = 10, 15
 
@@ -177,12 +175,15 @@ def test_data_is_read_without_tensorflow(data_dir):
     script = textwrap.dedent(
         f"""
         import sys
-        from train.data import eval_batches, number_words_vocabulary, prepare_number_words
+        from train.data.batching import fixed_rows_evaluation_batches, tokenize_split
+        from train.data.numbers import number_words_vocabulary, prepare_number_words
 
         builder = prepare_number_words({str(data_dir)!r})
-        batches = eval_batches(
-            builder.as_data_source(split="test"), number_words_vocabulary(),
-            batch_size=4, source_len={SOURCE_LEN}, target_len={TARGET_LEN},
+        vocabulary = number_words_vocabulary()
+        split = tokenize_split(builder.as_data_source(split="test"), vocabulary, max_length=64)
+        batches = fixed_rows_evaluation_batches(
+            split, batch_size=4, source_length={SOURCE_LEN}, target_length={TARGET_LEN},
+            pad_id=0, bos_id=1,
         )
         assert batches[0]["source"].shape == (4, {SOURCE_LEN})
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
@@ -201,29 +202,62 @@ def _examples(numbers) -> list[dict[str, str]]:
     return [{"source": str(n), "target": number_to_words(n)} for n in numbers]
 
 
-def test_encode_example_layout(vocabulary):
-    row = encode_example({"source": b"21", "target": b"twenty one"}, vocabulary, 4, 5)
+def _split(examples, vocabulary, max_length=64):
+    return tokenize_split(examples, vocabulary, max_length=max_length, drop_long=False)
+
+
+def _train_batches(examples, vocabulary, *, batch_size, source_len, target_len, seed):
+    return FixedRowsBatches(
+        _split(examples, vocabulary),
+        batch_size=batch_size,
+        source_length=source_len,
+        target_length=target_len,
+        pad_id=vocabulary.pad_id,
+        bos_id=vocabulary.bos_id,
+        seed=seed,
+    )
+
+
+def _eval_batches(examples, vocabulary, *, batch_size, source_len, target_len):
+    return fixed_rows_evaluation_batches(
+        _split(examples, vocabulary),
+        batch_size=batch_size,
+        source_length=source_len,
+        target_length=target_len,
+        pad_id=vocabulary.pad_id,
+        bos_id=vocabulary.bos_id,
+    )
+
+
+def test_row_layout(vocabulary):
+    batch = _eval_batches(
+        [{"source": b"21", "target": b"twenty one"}], vocabulary, batch_size=1, source_len=4,
+        target_len=5,
+    )[0]  # fmt: skip
     twenty, one = vocabulary.encode("twenty one")
     two, one_digit = vocabulary.encode("21")
     pad, bos, eos = vocabulary.pad_id, vocabulary.bos_id, vocabulary.eos_id
-    np.testing.assert_array_equal(row["source"], [two, one_digit, eos, pad])
-    np.testing.assert_array_equal(row["decoder_input"], [bos, twenty, one, pad, pad])
-    np.testing.assert_array_equal(row["target"], [twenty, one, eos, pad, pad])
-    assert all(array.dtype == np.int32 for array in row.values())
+    np.testing.assert_array_equal(batch["source"], [[two, one_digit, eos, pad]])
+    np.testing.assert_array_equal(batch["decoder_input"], [[bos, twenty, one, pad, pad]])
+    np.testing.assert_array_equal(batch["target"], [[twenty, one, eos, pad, pad]])
+    assert all(batch[key].dtype == np.int32 for key in ("source", "decoder_input", "target"))
 
 
-def test_encode_example_rejects_overlong_sequences(vocabulary):
-    example = {"source": "40712", "target": "forty thousand seven hundred twelve"}
-    with pytest.raises(ValueError, match=r"source is 6 tokens long .* source_len=5"):
-        encode_example(example, vocabulary, source_len=5, target_len=6)
-    with pytest.raises(ValueError, match=r"target is 6 tokens long .* target_len=5"):
-        encode_example(example, vocabulary, source_len=6, target_len=5)
-    encode_example(example, vocabulary, source_len=6, target_len=6)  # exactly fits
+def test_rows_refuse_overlong_sequences(vocabulary):
+    examples = [{"source": "40712", "target": "forty thousand seven hundred twelve"}]
+    make = lambda source_len, target_len: _train_batches(  # noqa: E731
+        examples, vocabulary, batch_size=1, source_len=source_len, target_len=target_len, seed=0
+    )
+    with pytest.raises(ValueError, match=r"a pair is \(6, 6\) tokens long.*\(5, 6\)"):
+        make(5, 6)
+    with pytest.raises(ValueError, match=r"a pair is \(6, 6\) tokens long.*\(6, 5\)"):
+        make(6, 5)
+    make(6, 6)  # exactly fits
 
 
 def test_train_batches_shapes_and_shift(builder, vocabulary):
-    batches = train_batches(
-        builder.as_data_source(split="train"),
+    batches = _train_batches(
+        builder.as_data_source(split="validation"),
         vocabulary,
         batch_size=8,
         source_len=SOURCE_LEN,
@@ -252,7 +286,7 @@ def test_train_batches_shapes_and_shift(builder, vocabulary):
 
 def test_train_batches_are_a_function_of_step_and_cover_each_epoch(vocabulary):
     examples = _examples(range(1000, 1010))  # 10 examples, batches of 4: batches span epochs
-    make = lambda seed: train_batches(  # noqa: E731
+    make = lambda seed: _train_batches(  # noqa: E731
         examples, vocabulary, batch_size=4, source_len=5, target_len=8, seed=seed
     )
     batches = make(seed=7)
@@ -271,12 +305,13 @@ def test_train_batches_are_a_function_of_step_and_cover_each_epoch(vocabulary):
 
 def test_eval_batches_fill_the_last_batch(vocabulary):
     examples = _examples([5, 60, 700, 8000, 90000])
-    batches = eval_batches(examples, vocabulary, batch_size=2, source_len=6, target_len=5)
+    batches = _eval_batches(examples, vocabulary, batch_size=2, source_len=6, target_len=5)
     assert len(batches) == 3
     in_order = [vocabulary.decode(row) for i in range(2) for row in batches[i]["source"]]
     assert in_order == ["5", "60", "700", "8000"]
     last = batches[2]
     np.testing.assert_array_equal(last["example_mask"], [1, 0])
+    np.testing.assert_array_equal(last["example_index"], [4, -1])
     assert last["example_mask"].dtype == np.int32
     assert vocabulary.decode(last["source"][0]) == "90000"
     for key in ("source", "decoder_input", "target"):
@@ -286,15 +321,12 @@ def test_eval_batches_fill_the_last_batch(vocabulary):
 
 
 def test_batch_size_must_be_positive(vocabulary):
-    shapes = dict(source_len=4, target_len=4)
     with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
-        train_batches(_examples([1]), vocabulary, batch_size=0, seed=0, **shapes)
-    with pytest.raises(ValueError, match="batch_size must be positive, got -1"):
-        eval_batches(_examples([1]), vocabulary, batch_size=-1, **shapes)
+        _train_batches(_examples([1]), vocabulary, batch_size=0, seed=0, source_len=4, target_len=4)
 
 
-def test_max_lengths(builder, vocabulary):
-    assert max_lengths(_examples([7, 40712, 777]), vocabulary) == (6, 6)
+def test_longest_pairs_of_a_split(builder, vocabulary):
+    assert tuple(_split(_examples([7, 40712, 777]), vocabulary).lengths.max(axis=0)) == (6, 6)
     # Test numbers reach 9 digits; the longest possible target is 14 words.
-    source_len, target_len = max_lengths(builder.as_data_source(split="test"), vocabulary)
-    assert source_len == SOURCE_LEN and target_len <= TARGET_LEN
+    lengths = _split(builder.as_data_source(split="test"), vocabulary).lengths.max(axis=0)
+    assert lengths[0] == SOURCE_LEN and lengths[1] <= TARGET_LEN

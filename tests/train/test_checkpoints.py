@@ -1,0 +1,128 @@
+"""Checkpoints: the layout (params apart from the optimizer state), retention, exact restore,
+imported and earlier-layout checkpoints, errors."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import struct
+
+from train.checkpoints import Checkpointer, abstract_like
+
+
+@struct.dataclass
+class State:
+    """What a TrainState holds, without the model (the checkpointer reads these fields)."""
+
+    step: np.ndarray
+    params: dict
+    opt_state: object
+    dropout_key: np.ndarray
+
+
+def _state(scale: float = 1.0) -> State:
+    params = {"w": np.arange(3.0, dtype=np.float32) * scale, "b": np.ones(2, np.float32)}
+    opt_state = optax.adam(1e-3).init(params)
+    return State(np.array(7, np.int32), params, opt_state, np.arange(2, dtype=np.uint32))
+
+
+def _assert_same(a, b) -> None:
+    for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(left), np.asarray(right))
+
+
+def test_params_are_stored_apart_and_read_without_the_optimizer(tmp_path) -> None:
+    state = _state(2.0)
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(3, state, config={"model": {}}, data_position={"step": 3, "seed": 0})
+        checkpointer.wait()
+        items = {name for name in os.listdir(tmp_path / "3") if (tmp_path / "3" / name).is_dir()}
+        assert items == {"config", "data", "params", "train_state"}
+        params = checkpointer.restore_params(abstract_like(state.params), 3)
+        _assert_same(params, state.params)
+        restored, position = checkpointer.restore(abstract_like(_state()), 3)
+        _assert_same(restored, state)
+        assert position == {"step": 3, "seed": 0}
+        assert not checkpointer.holds_params_only(3)
+
+
+def test_checkpoints_of_the_earlier_layout_still_load(tmp_path) -> None:
+    """Before: one `state` item held the whole TrainState. Its params read with the model's
+    shapes alone; resuming restores the whole state."""
+    state = _state(3.0)
+    with ocp.CheckpointManager(tmp_path, item_names=("state", "config", "data")) as manager:
+        manager.save(
+            5,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave({"model": {}}),
+                data=ocp.args.JsonSave({"step": 5, "seed": 0}),
+            ),
+        )
+        manager.wait_until_finished()
+    with Checkpointer(tmp_path) as checkpointer:
+        _assert_same(checkpointer.restore_params(abstract_like(state.params), 5), state.params)
+        restored, position = checkpointer.restore(abstract_like(_state()), 5)
+        _assert_same(restored, state)
+        assert position == {"step": 5, "seed": 0}
+        assert not checkpointer.holds_params_only(5)
+
+
+def test_imported_params_only_checkpoints(tmp_path) -> None:
+    params = _state(4.0).params
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save_params(0, params, config={"model": {}})
+        assert checkpointer.holds_params_only(0)
+        _assert_same(checkpointer.restore_params(abstract_like(params), 0), params)
+        with pytest.raises(ValueError, match="holds imported parameters only"):
+            checkpointer.restore(abstract_like(_state()), 0)
+        with pytest.raises(FileExistsError, match="already has a checkpoint of step 0"):
+            checkpointer.save_params(0, params, config={})
+
+
+def test_checkpoints_keep_the_latest_k_plus_the_best(tmp_path) -> None:
+    """keep=2: the two latest survive, plus the lowest validation loss; older ones go."""
+    state = _state()
+    losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: None, 5: 2.5, 6: 2.2}
+    with Checkpointer(tmp_path, keep=2) as checkpointer:
+        for step, loss in losses.items():
+            checkpointer.save(
+                step,
+                state,
+                config={"model": {}},
+                data_position={"step": step},
+                metrics=None if loss is None else {"validation_loss": loss},
+            )
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [2, 5, 6]
+        assert checkpointer.best_step() == 2
+        restored, position = checkpointer.restore(state, step=2)
+        np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+        assert position == {"step": 2}
+        assert not checkpointer.save(6, state, config={}, data_position={})  # never overwritten
+    # A resumed run (a new manager on the same directory) still knows which one is the best.
+    with Checkpointer(tmp_path, keep=2) as checkpointer:
+        for step in (7, 8):
+            checkpointer.save(
+                step,
+                state,
+                config={"model": {}},
+                data_position={"step": step},
+                metrics={"validation_loss": 5.0},
+            )
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [2, 7, 8]
+        assert checkpointer.best_step() == 2
+
+
+def test_restore_errors_name_the_directory(tmp_path) -> None:
+    with (
+        Checkpointer(tmp_path / "empty") as checkpointer,
+        pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"),
+    ):
+        checkpointer.read_config()

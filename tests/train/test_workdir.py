@@ -1,0 +1,117 @@
+"""The workdir: its layout, config.json, the vocabulary it holds, and runs read back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import flax_transformer as ft
+from train.configs import default as default_config
+from train.data.vocabulary import SentencePieceVocabulary, WordVocabulary
+from train.workdir import Workdir, abstract_params, average_params, load_run
+
+
+def test_layout_is_named_in_one_place(tmp_path) -> None:
+    workdir = Workdir(tmp_path)
+    assert workdir.path == str(tmp_path)
+    names = {
+        "config_path": "config.json",
+        "tokenizer_path": "tokenizer.model",
+        "marian_tokenizer_dir": "marian_tokenizer",
+        "checkpoints_dir": "checkpoints",
+        "metrics_path": "metrics.jsonl",
+        "tensorboard_dir": "tensorboard",
+        "translations_dir": "translations",
+    }
+    for attribute, name in names.items():
+        assert getattr(workdir, attribute) == os.path.join(tmp_path, name)
+    assert workdir.translation_path("test", [7], "beam").endswith("translations/test-7-beam.txt")
+    averaged = workdir.translation_path("test", [5, 7], "greedy")
+    assert averaged.endswith("translations/test-7-average2-greedy.txt")
+
+
+def test_config_round_trip_and_imported_origin(tmp_path) -> None:
+    workdir = Workdir(tmp_path / "run")
+    assert not workdir.holds_run() and workdir.imported_from() is None
+    config = default_config.get_config()
+    model = ft.TransformerConfig.tiny()
+    written = workdir.write_config(config, model)
+    assert workdir.holds_run()
+    assert json.loads(Path(workdir.config_path).read_text()) == written
+    assert not os.path.exists(workdir.config_path + ".tmp")  # written atomically
+    train_config, model_config = workdir.read_config()
+    assert model_config == model and train_config.to_dict() == config.to_dict()
+    workdir.write_config({**config.to_dict(), "imported_from": "hub:x"}, model)
+    assert workdir.imported_from() == "hub:x"
+
+
+def test_config_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        Workdir(tmp_path).read_config()
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        Workdir(tmp_path).read_config()
+
+
+def test_vocabulary_of_each_kind(tmp_path) -> None:
+    config = default_config.get_config()
+    assert isinstance(Workdir(tmp_path).vocabulary(config), WordVocabulary)  # number words
+    config.dataset = "parallel_text"
+    with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
+        Workdir(tmp_path).vocabulary(config)
+    words = ["ab", "ba", "abc", "cab", "bca", "cc"]
+    pairs = [
+        {"source": f"{words[i % 6]} {words[i % 5]}", "target": words[i % 4]} for i in range(60)
+    ]
+    config.tokenizer_vocab_size = 270
+    trained = Workdir(tmp_path).vocabulary(config, pairs)
+    assert isinstance(trained, SentencePieceVocabulary) and trained.vocab_size == 270
+    again = Workdir(tmp_path).vocabulary(config)  # read back, never retrained
+    assert again.model_bytes == trained.model_bytes
+    copy = Workdir(tmp_path / "copy")
+    copy.copy_tokenizer_from(Workdir(tmp_path), "sentencepiece")
+    assert copy.vocabulary(config).model_bytes == trained.model_bytes
+    config.tokenizer = "marian"
+    with pytest.raises(FileNotFoundError, match="lacks the Marian tokenizer file"):
+        Workdir(tmp_path).vocabulary(config)
+
+
+def test_average_params_is_the_float64_mean() -> None:
+    rng = np.random.default_rng(0)
+    trees = [{"a": rng.normal(size=(3, 2)).astype(np.float32), "b": {"c": rng.normal(size=4)}}]
+    trees += [jax.tree.map(lambda x: x + rng.normal(size=x.shape), trees[0]) for _ in range(2)]
+    averaged = average_params(trees)
+    expected = jax.tree.map(
+        lambda *xs: np.mean(np.stack([np.asarray(x, np.float64) for x in xs]), 0), *trees
+    )
+    jax.tree.map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6), averaged, expected
+    )
+    with pytest.raises(ValueError, match="no parameter trees to average"):
+        average_params([])
+
+
+def test_abstract_params_are_the_model_shapes_without_values() -> None:
+    config = ft.TransformerConfig.tiny()
+    target = abstract_params(config)
+    params = ft.init_params(config, jax.random.key(0))
+    assert jax.tree.structure(target) == jax.tree.structure(params)
+    for abstract, real in zip(jax.tree.leaves(target), jax.tree.leaves(params), strict=True):
+        assert abstract.shape == real.shape and abstract.dtype == real.dtype
+
+
+def test_load_run_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="average_last must be >= 1"):
+        load_run(tmp_path, average_last=0)
+    workdir = Workdir(tmp_path)
+    workdir.write_config(
+        ml_collections.ConfigDict({"keep_checkpoints": 3}), ft.TransformerConfig.tiny()
+    )
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        load_run(tmp_path)

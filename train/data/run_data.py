@@ -1,0 +1,261 @@
+"""A run's data, ready for the loop: training batches and evaluation splits of token ids.
+
+    sources (train.data.sources) -> tokenize_split -> batches of config.batching:
+        "examples"   FixedRowsBatches: config.batch_size pairs per batch, one shape
+        "padded"     PaddedBatches: about config.batch_tokens tokens per side, one shape
+        "bucketed"   BucketedBatches: a few bucket shapes
+        "packed"     PackedBatches: several pairs per row, one shape
+
+Every dataset goes through the same path; only the vocabulary differs (the caller brings it:
+see `train.workdir.Workdir.vocabulary`). Evaluation batches follow the training batching:
+fixed rows in data order for "examples", else sorted by length into a few bucket shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from train.data import batching
+from train.data.packing import PackedBatches
+from train.data.sources import DataSource, read_texts
+from train.data.vocabulary import Vocabulary
+
+# The values of config.batching: a fixed number of pairs per batch, or a token budget.
+TOKEN_BUDGET_MODES = ("padded", "bucketed", "packed")
+BATCHING_MODES = ("examples", *TOKEN_BUDGET_MODES)
+# Evaluation batches are padded to one of these lengths (few shapes: few compilations of the
+# decoders, whose compile time dominates short evaluations).
+EVAL_BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def eval_bucket_lengths(limit: int) -> list[int]:
+    """The evaluation bucket lengths up to `limit` (the longest sentence accepted)."""
+    return [length for length in EVAL_BUCKET_LENGTHS if length < limit] + [limit]
+
+
+@dataclasses.dataclass
+class EvalSplit:
+    """An evaluation split: batches with "example_index", and the texts they index."""
+
+    name: str
+    batches: list[dict[str, np.ndarray]]
+    sources: list[str]
+    references: list[str]
+
+    def first(self, count: int) -> EvalSplit:
+        """The split limited to its first `count` examples (0: all): the batches holding them,
+        with the other rows' "example_index" set to -1 (not decoded, not scored)."""
+        if not count:
+            return self
+        batches = []
+        for batch in self.batches:
+            index = batch["example_index"]
+            if (index[index >= 0] < count).any():
+                batches.append({**batch, "example_index": np.where(index < count, index, -1)})
+        return dataclasses.replace(self, batches=batches)
+
+
+@dataclasses.dataclass
+class RunData:
+    train: Any  # random access: train[step] is the batch of that step
+    validation: EvalSplit
+    test: EvalSplit
+    max_length: int  # the longest sequence (with eos) the batches hold
+    summary: str  # one line for the log
+
+
+def _eval_limit(config: ml_collections.ConfigDict) -> int:
+    return config.eval_max_length or config.model.max_len
+
+
+def _tokenized_eval(
+    config: ml_collections.ConfigDict, role: str, source: DataSource, vocabulary: Vocabulary
+) -> batching.TokenizedSplit:
+    # Evaluation data is never filtered: an over-long sentence is an error, not a dropped pair.
+    limit = _eval_limit(config)
+    try:
+        return batching.tokenize_split(source, vocabulary, max_length=limit, drop_long=False)
+    except ValueError as error:
+        field = "config.eval_max_length" if config.eval_max_length else "config.model.max_len"
+        raise ValueError(f"the {role} split: {error} ({field} is {limit})") from None
+
+
+def token_budget_batches(
+    mode: str,
+    split: batching.TokenizedSplit,
+    *,
+    batch_tokens: int,
+    max_length: int,
+    pad_id: int,
+    bos_id: int,
+    seed: int,
+    row_multiple: int = 1,
+    pack_length: int | None = None,
+) -> batching.InfiniteBatches:
+    """Training batches of about `batch_tokens` tokens per side, of `mode` (TOKEN_BUDGET_MODES).
+
+    Packed rows are `pack_length` long (default `max_length`); buckets are
+    `batching.default_bucket_lengths(max_length)`.
+    """
+    common = dict(pad_id=pad_id, bos_id=bos_id, seed=seed, row_multiple=row_multiple)
+    if mode == "padded":
+        return batching.PaddedBatches(
+            split, batch_tokens=batch_tokens, max_length=max_length, **common
+        )
+    if mode == "bucketed":
+        lengths = batching.default_bucket_lengths(max_length)
+        return batching.BucketedBatches(
+            split, batch_tokens=batch_tokens, bucket_lengths=lengths, **common
+        )
+    if mode == "packed":
+        return PackedBatches(
+            split, batch_tokens=batch_tokens, length=pack_length or max_length, **common
+        )
+    raise ValueError(f"batching mode must be one of {list(TOKEN_BUDGET_MODES)}, got {mode!r}")
+
+
+def _train_batches(
+    config: ml_collections.ConfigDict,
+    split: batching.TokenizedSplit,
+    vocabulary: Vocabulary,
+    *,
+    row_multiple: int,
+    row_lengths: tuple[int, int] | None,
+) -> batching.InfiniteBatches:
+    if config.batching == "examples":
+        source_length, target_length = row_lengths
+        return batching.FixedRowsBatches(
+            split,
+            batch_size=config.batch_size,
+            source_length=source_length,
+            target_length=target_length,
+            pad_id=vocabulary.pad_id,
+            bos_id=vocabulary.bos_id,
+            seed=config.seed,
+        )
+    return token_budget_batches(
+        config.batching,
+        split,
+        batch_tokens=config.batch_tokens,
+        max_length=config.max_length,
+        pad_id=vocabulary.pad_id,
+        bos_id=vocabulary.bos_id,
+        seed=config.seed,
+        row_multiple=row_multiple,
+        pack_length=config.pack_length or None,
+    )
+
+
+def _eval_batches(
+    config: ml_collections.ConfigDict,
+    split: batching.TokenizedSplit,
+    vocabulary: Vocabulary,
+    row_lengths: tuple[int, int] | None,
+) -> list[dict[str, np.ndarray]]:
+    common = dict(
+        batch_size=config.eval_batch_size, pad_id=vocabulary.pad_id, bos_id=vocabulary.bos_id
+    )
+    if row_lengths is not None:
+        source_length, target_length = row_lengths
+        return batching.fixed_rows_evaluation_batches(
+            split, source_length=source_length, target_length=target_length, **common
+        )
+    bucket_lengths = eval_bucket_lengths(_eval_limit(config))
+    return batching.evaluation_batches(split, bucket_lengths=bucket_lengths, **common)
+
+
+def _eval_split(name: str, source: DataSource, batches: list[dict[str, np.ndarray]]) -> EvalSplit:
+    sources, references = read_texts(source)
+    return EvalSplit(name, batches, sources, references)
+
+
+def training_data(
+    config: ml_collections.ConfigDict,
+    sources: Mapping[str, DataSource],
+    vocabulary: Vocabulary,
+    *,
+    row_multiple: int = 1,
+) -> RunData:
+    """Training batches and the validation and test splits of `sources` ({role: source})."""
+    train = batching.tokenize_split(
+        sources["train"], vocabulary, max_length=config.max_length, drop_long=True
+    )
+    held_out = {
+        role: _tokenized_eval(config, role, sources[role], vocabulary)
+        for role in ("validation", "test")
+    }
+    row_lengths = None
+    if config.batching == "examples":  # one shape for every split: the longest side of any pair
+        lengths = np.concatenate([split.lengths for split in (train, *held_out.values())])
+        row_lengths = tuple(int(n) for n in lengths.max(axis=0))
+    train_batches = _train_batches(
+        config, train, vocabulary, row_multiple=row_multiple, row_lengths=row_lengths
+    )
+    evaluation = {
+        role: _eval_split(
+            role, sources[role], _eval_batches(config, split, vocabulary, row_lengths)
+        )
+        for role, split in held_out.items()
+    }
+    longest = max(
+        config.max_length if row_lengths is None else max(row_lengths),
+        *(max(b["source"].shape[1] for b in split.batches) for split in evaluation.values()),
+    )
+    summary = (
+        f"{config.dataset}: train {len(train):,} pairs ({train.num_dropped:,} longer than "
+        f"{config.max_length} tokens dropped), validation "
+        f"{len(evaluation['validation'].sources):,}, test {len(evaluation['test'].sources):,}; "
+        f"vocabulary {vocabulary.vocab_size:,} ids; {config.batching} batches "
+        + (
+            f"of {config.batch_size} pairs padded to {row_lengths[0]} source and "
+            f"{row_lengths[1]} target tokens"
+            if row_lengths
+            else f"of {config.batch_tokens:,} tokens, {len(train_batches):,} per epoch, shapes "
+            f"{train_batches.shapes}"
+        )
+    )
+    return RunData(train_batches, evaluation["validation"], evaluation["test"], longest, summary)
+
+
+def evaluation_split(
+    config: ml_collections.ConfigDict, role: str, source: DataSource, vocabulary: Vocabulary
+) -> EvalSplit:
+    """One split for decoding and scoring (`python -m train.evaluate`): sorted by length into
+    bucket shapes, whatever the training batching (decoded outputs do not depend on the batch)."""
+    split = _tokenized_eval(config, role, source, vocabulary)
+    return _eval_split(role, source, _eval_batches(config, split, vocabulary, None))
+
+
+def sentence_batches(
+    lines: Sequence[str], vocabulary: Vocabulary, *, batch_size: int, limit: int
+) -> list[dict[str, np.ndarray]]:
+    """Source sentences to translate -> evaluation batches ("example_index" = line number from
+    0); empty lines are left out. Raises ValueError for a line longer than `limit` tokens."""
+    sources, kept = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        ids = np.array([*vocabulary.encode(line), vocabulary.eos_id], np.int32)
+        if len(ids) > limit:
+            raise ValueError(
+                f"line {number} is {len(ids)} tokens long (with eos), longer than the model's "
+                f"max_len={limit}: {line[:100]!r}"
+            )
+        sources.append(ids)
+        kept.append(number - 1)
+    if not sources:
+        return []
+    eos_only = [np.array([vocabulary.eos_id], np.int32)] * len(sources)
+    split = batching.TokenizedSplit(sources, eos_only, np.array(kept), 0)
+    return batching.evaluation_batches(
+        split,
+        batch_size=batch_size,
+        bucket_lengths=eval_bucket_lengths(limit),
+        pad_id=vocabulary.pad_id,
+        bos_id=vocabulary.bos_id,
+    )

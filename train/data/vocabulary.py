@@ -1,0 +1,342 @@
+"""Vocabularies: text <-> token ids, one protocol for the three kinds a run can use.
+
+    WordVocabulary           the number-words task's: digits and words (train.data.numbers)
+    SentencePieceVocabulary  a SentencePiece model shared by both languages, as in the paper,
+                             trained on the training split (train.data.tokenizer_training)
+    MarianVocabulary         an imported MarianMT model's: source.spm, target.spm, vocab.json
+
+Each offers `Vocabulary`: special ids, `vocab_size`, `encode` (source text), `encode_target`
+(target text: the same as `encode` except for Marian, whose languages have separate
+SentencePiece models) and `decode` (target ids -> text). `bos_id` is the decoder's start token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import sentencepiece as spm
+
+PathLike = str | os.PathLike
+
+# The values of config.tokenizer: how a text dataset's run tokenizes (number words bring their own).
+TOKENIZERS = ("sentencepiece", "marian")
+# An imported MarianMT model's tokenizer files.
+MARIAN_TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
+
+
+class Vocabulary(Protocol):
+    """What batching, decoding and scoring need of a tokenizer."""
+
+    pad_id: int
+    bos_id: int  # the decoder's start token
+    eos_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Source text -> ids, without bos or eos."""
+        ...
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> ids, without bos or eos."""
+        ...
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Target ids -> text: special tokens dropped, stopping at eos."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Words and digits (the number-words task)
+# ---------------------------------------------------------------------------------------------
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+"""Padding, beginning and end of sequence, unknown: ids 0, 1, 2, 3 (SentencePiece's too)."""
+
+_TOKEN_PATTERN = re.compile(r"\d|[^\s\d]+")
+"""A token is a single digit or a run of characters that are neither digits nor whitespace."""
+
+
+class WordVocabulary:
+    """A tokenizer whose tokens are single digits and whitespace-separated words.
+
+    The number-words task's vocabulary (`train.data.numbers.number_words_vocabulary`).
+
+    Args:
+      tokens: the token strings, id = index; the first four must be `SPECIAL_TOKENS`.
+    """
+
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+    unk_id = 3
+
+    def __init__(self, tokens: Sequence[str]):
+        tokens = list(tokens)
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"the first tokens must be {SPECIAL_TOKENS}, got {tokens[:4]}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("tokens must be distinct")
+        for token in tokens[len(SPECIAL_TOKENS) :]:
+            if _TOKEN_PATTERN.fullmatch(token) is None:
+                raise ValueError(f"{token!r} is not a single digit or a word without digits")
+        self.tokens = tokens
+        self._id_of = {token: i for i, token in enumerate(tokens)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no bos/eos added); unknown tokens become `unk_id`."""
+        return [self._id_of.get(token, self.unk_id) for token in _TOKEN_PATTERN.findall(text)]
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> ids: as `encode` (one vocabulary for both sides)."""
+        return self.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`: stops at the first eos, skips pad and bos, joins words with spaces and
+        consecutive digits without, so `decode(encode("40712")) == "40712"`. Ids outside the
+        vocabulary (a model whose output layer is padded past `vocab_size`) read as "<unk>"."""
+        pieces: list[str] = []
+        for token_id in ids:
+            token_id = int(token_id)  # accepts numpy and jax integers
+            if token_id == self.eos_id:
+                break
+            if token_id in (self.pad_id, self.bos_id):
+                continue
+            in_vocabulary = 0 <= token_id < self.vocab_size
+            pieces.append(self.tokens[token_id if in_vocabulary else self.unk_id])
+        text = ""
+        for piece in pieces:
+            # Digits were one token each ("40712" -> 4 0 7 1 2): glue them back together.
+            glue = "" if not text or (text[-1].isdigit() and piece.isdigit()) else " "
+            text += glue + piece
+        return text
+
+    def __repr__(self) -> str:
+        return f"WordVocabulary(vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------------------------------
+# SentencePiece, shared by both languages
+# ---------------------------------------------------------------------------------------------
+class SentencePieceVocabulary:
+    """A SentencePiece model with the special ids pad 0, bos 1, eos 2, unk 3.
+
+    Train one with `train.data.tokenizer_training.train_sentencepiece`, read one with
+    `from_file`; the constructor takes the serialized model (the bytes of a .model file).
+
+    Args:
+      model: the serialized SentencePiece model.
+      origin: where the bytes come from, for error messages (e.g. the file path).
+
+    Raises:
+      ValueError: if `model` is not a SentencePiece model, or its special ids are not
+        0, 1, 2, 3.
+    """
+
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+    unk_id = 3
+
+    def __init__(self, model: bytes, origin: str = "the model bytes"):
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(model)
+        except RuntimeError as error:
+            raise ValueError(f"{origin} is not a SentencePiece model ({error})") from None
+        special_ids = (processor.pad_id(), processor.bos_id(), processor.eos_id())
+        special_ids += (processor.unk_id(),)
+        if special_ids != (self.pad_id, self.bos_id, self.eos_id, self.unk_id):
+            raise ValueError(
+                f"{origin} has the ids (pad, bos, eos, unk) = {special_ids}, not (0, 1, 2, 3): "
+                "it was not trained by train.data.tokenizer_training"
+            )
+        self._model = bytes(model)
+        self._processor = processor
+
+    # --- Creating, saving, loading ------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> SentencePieceVocabulary:
+        """Loads a .model file written by `save` (or by SentencePiece with the same special ids).
+
+        Raises:
+          OSError: if the file cannot be read (the error names it).
+          ValueError: if it is not a SentencePiece model with ids pad 0, bos 1, eos 2, unk 3.
+        """
+        path = Path(path)
+        return cls(path.read_bytes(), origin=str(path))
+
+    def save(self, path: PathLike) -> None:
+        """Writes the .model file (creating its directory). The write is atomic (a temporary file
+        renamed into place), so an interrupted run never leaves a truncated model behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as temporary:
+            temporary.write(self._model)
+        os.replace(temporary.name, path)
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The serialized model: the content of the .model file."""
+        return self._model
+
+    # --- Encoding and decoding ----------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, the special ones and byte pieces included."""
+        return self._processor.vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without bos or eos."""
+        return self._processor.encode(text)
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> ids: as `encode` (one vocabulary for both sides)."""
+        return self.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`: stops at the first eos (what follows it is padding or what the model
+        wrote after finishing), skips pad and bos. Ids outside the vocabulary (an output layer
+        padded past `vocab_size`) read as unk, which SentencePiece writes " ⁇ ". Accepts numpy
+        and jax integer arrays."""
+        kept = []
+        for token_id in ids:
+            token_id = int(token_id)
+            if token_id == self.eos_id:
+                break
+            if token_id in (self.pad_id, self.bos_id):
+                continue
+            kept.append(token_id if 0 <= token_id < self.vocab_size else self.unk_id)
+        return self._processor.decode(kept)
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The piece of `token_id`, e.g. "▁the" (▁ marks a preceding space) or "<0xC3>"."""
+        return self._processor.id_to_piece(int(token_id))
+
+    # --- Python protocols ---------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, bytes]:  # pickled as the model bytes (grain workers)
+        return {"model": self._model}
+
+    def __setstate__(self, state: dict[str, bytes]) -> None:
+        self.__init__(state["model"])
+
+    def __repr__(self) -> str:
+        return f"SentencePieceVocabulary(vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------------------------------
+# MarianMT's tokenizer: source.spm, target.spm, vocab.json
+# ---------------------------------------------------------------------------------------------
+_LANGUAGE_CODE = re.compile(r">>.+?<<")
+
+
+class MarianVocabulary:
+    """The MarianMT tokenizer from its own files, with sentencepiece and json only.
+
+    As Hugging Face's `MarianTokenizer` (shared vocabulary): source text is cut into pieces by
+    `source.spm`, pieces become ids through `vocab.json` (a piece it lacks is `<unk>`), and a
+    leading language code such as `>>fra<<` (multilingual targets) is one token. Target text
+    uses `target.spm`. `decode` maps ids back to pieces through `vocab.json`, drops the special
+    tokens (`skip_special_tokens=True`) and joins the pieces with `target.spm`.
+
+    `bos_id` is the decoder start token: the pad id, as in MarianMT.
+    """
+
+    def __init__(self, source_spm: bytes, target_spm: bytes, vocab: Mapping[str, int]):
+        self.source_model = spm.SentencePieceProcessor(model_proto=source_spm)
+        self.target_model = spm.SentencePieceProcessor(model_proto=target_spm)
+        self.encoder = dict(vocab)
+        self.decoder = {index: piece for piece, index in self.encoder.items()}
+        for piece in ("<unk>", "</s>", "<pad>"):
+            if piece not in self.encoder:
+                raise ValueError(f"vocab.json has no {piece!r} entry")
+        self.unk_id = self.encoder["<unk>"]
+        self.eos_id = self.encoder["</s>"]
+        self.pad_id = self.encoder["<pad>"]
+        self.bos_id = self.pad_id  # the decoder's start token
+        self.special_ids = {self.unk_id, self.eos_id, self.pad_id}
+        self._special_pattern = re.compile("(</s>|<unk>|<pad>)")
+
+    @classmethod
+    def from_directory(cls, directory: PathLike) -> MarianVocabulary:
+        directory = Path(directory)
+        missing = [name for name in MARIAN_TOKENIZER_FILES if not (directory / name).exists()]
+        if missing:
+            raise FileNotFoundError(f"{directory} lacks the Marian tokenizer file(s) {missing}")
+        settings_path = directory / "tokenizer_config.json"
+        if settings_path.exists():
+            settings = json.loads(settings_path.read_text(encoding="utf-8"))
+            if settings.get("separate_vocabs"):
+                raise ValueError(
+                    "tokenizer_config.json has separate_vocabs=True: separate source and target "
+                    "vocabularies are not supported"
+                )
+        try:
+            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{directory / 'vocab.json'} is not valid JSON: {error}") from None
+        return cls(
+            (directory / "source.spm").read_bytes(), (directory / "target.spm").read_bytes(), vocab
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def _pieces(self, model: Any, text: str) -> list[str]:
+        pieces: list[str] = []
+        # Special tokens written in the text are tokens (as the reference's added tokens).
+        for part in self._special_pattern.split(text):
+            if part in ("</s>", "<unk>", "<pad>"):
+                pieces.append(part)
+                continue
+            part = part.strip() if len(pieces) else part.rstrip()
+            if not part:
+                continue
+            code = _LANGUAGE_CODE.match(part) if not pieces else None
+            if code:
+                pieces.append(code.group(0))
+                part = part[code.end() :]
+            pieces.extend(model.encode(part, out_type=str))
+        return pieces
+
+    def _ids(self, pieces: list[str]) -> list[int]:
+        return [self.encoder.get(piece, self.unk_id) for piece in pieces]
+
+    def encode(self, text: str) -> list[int]:
+        """Source text -> ids (without the eos the model input ends with)."""
+        return self._ids(self._pieces(self.source_model, text))
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> ids (labels), cut by target.spm."""
+        return self._ids(self._pieces(self.target_model, text))
+
+    def decode(self, ids: Any) -> str:
+        """Ids -> target text, special tokens dropped."""
+        pieces = [
+            self.decoder.get(int(i), "<unk>")
+            for i in np.asarray(ids).reshape(-1)
+            if int(i) not in self.special_ids
+        ]
+        return self.target_model.decode_pieces(pieces).replace("\u2581", " ").strip()
+
+    def __repr__(self) -> str:
+        return (
+            f"MarianVocabulary(vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id})"
+        )

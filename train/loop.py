@@ -1,0 +1,324 @@
+"""The training loop: data -> train_step (single device, pmap or mesh) -> metrics + checkpoints.
+
+    run = set_up_run(config, workdir)   # data, model, optimizer, state (fresh, resumed or
+                                        # fine-tuned), checkpointer
+    for step in range(start, num_train_steps):
+        batch = train_data[step]                    # a pure function of (seed, step)
+        state, metrics = train_step(state, batch)   # compiled once, no host sync
+        every log_every_steps:        summarise metrics (the only read-back), progress bar, JSONL
+        every eval_every_steps:       validation loss, greedy exact-match, sample translations
+        every checkpoint_every_steps: asynchronous orbax save (with the validation loss if any)
+    at the end: save, then evaluate on the test split
+
+A workdir that holds checkpoints resumes from the latest one (refused if its model config
+differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
+return; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from flax_transformer import TransformerConfig
+from flax_transformer.parallel import DataParallel
+from flax_transformer.training import create_train_state, summarize_metrics
+from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.data.run_data import EvalSplit, RunData, training_data
+from train.data.sources import dataset_of, open_roles
+from train.evaluation import DecodingOptions, evaluate
+from train.metric_writers import MetricWriter
+from train.setup import (
+    check_config,
+    decoding_options,
+    device_count,
+    model_config_from,
+    optimizer_from,
+)
+from train.workdir import Workdir, load_run
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to `train_and_evaluate` did."""
+
+    step: int  # the step reached (number of updates applied)
+    interrupted: bool  # stopped by SIGINT / SIGTERM before num_train_steps
+    validation: dict[str, float]  # the last validation metrics
+    test: dict[str, float]  # test-split metrics (empty when interrupted)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run is made of, set up by `set_up_run`."""
+
+    config: ml_collections.ConfigDict
+    workdir: Workdir
+    model_config: TransformerConfig
+    data: RunData
+    vocabulary: Any
+    parallel: DataParallel
+    schedule: Any
+    state: Any  # the TrainState, placed on the devices
+    start_step: int
+    run_config: dict  # what config.json and every checkpoint record
+    checkpointer: Checkpointer
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up: fresh, resumed, or fine-tuned from another run
+# ---------------------------------------------------------------------------------------------
+def _start_from(config: ml_collections.ConfigDict, workdir: Workdir) -> Workdir | None:
+    """`config.init_from`: take its model config and tokenizer into `config` and `workdir`.
+
+    The new run has the source run's model (`config.model` is replaced by it) and tokenizer
+    (copied into `workdir`, so that the run, resumed or evaluated, needs nothing outside it).
+    Returns the source workdir, whose params initialise the first step, or None.
+    """
+    if not config.init_from:
+        return None
+    source = Workdir(config.init_from)
+    if source.path == workdir.path:
+        raise ValueError("config.init_from is the run's own workdir: give another one")
+    source_config, source_model = source.read_config()
+    own_vocabulary = dataset_of(config).fixed_vocabulary
+    if own_vocabulary != dataset_of(source_config).fixed_vocabulary:
+        raise ValueError(
+            f"config.init_from={source.path} was trained on {source_config.dataset!r}, whose "
+            f"vocabulary does not fit config.dataset={config.dataset!r}"
+        )
+    config.tokenizer = source_config.get("tokenizer", "sentencepiece")
+    if own_vocabulary is None:
+        workdir.copy_tokenizer_from(source, config.tokenizer)
+    config.model.update(source_model.to_dict())
+    return source
+
+
+def _initial_state(run_setup: dict[str, Any], optimizer: Any, init_from: Workdir | None) -> Any:
+    """A fresh TrainState (with `init_from`'s params), or the latest checkpoint's."""
+    config, model_config = run_setup["config"], run_setup["model_config"]
+    checkpointer: Checkpointer = run_setup["checkpointer"]
+
+    def fresh() -> Any:
+        return create_train_state(model_config, optimizer, jax.random.key(config.seed))
+
+    if checkpointer.latest_step() is None:
+        state = fresh()
+        if init_from:
+            source = load_run(init_from)
+            if source.model_config != model_config:
+                raise ValueError(f"{init_from.path} holds a model of another config than this run")
+            # Adam's state at step 0 does not depend on the parameter values: only swap them.
+            state = state.replace(params=source.params)
+            tqdm.write(f"Starting from the params of {init_from.path} ({source.describe()})")
+        return state
+    checkpointer.check_model_config(model_config)
+    state, position = checkpointer.restore(abstract_like(jax.eval_shape(fresh)))
+    if position.get("seed") != config.seed:
+        raise ValueError(
+            f"the checkpoint's data order used seed {position.get('seed')}, this run "
+            f"config.seed={config.seed}; resuming would not reproduce the run"
+        )
+    tqdm.write(f"Resuming from step {int(state.step)} in {checkpointer.directory}")
+    return state
+
+
+def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Check the config, read the data, build the model and its state; see the module doc."""
+    check_config(config)
+    workdir = Workdir(workdir)
+    if origin := workdir.imported_from():  # convert_marian's workdirs hold params only
+        raise ValueError(
+            f"{workdir.path} holds imported parameters only (from {origin}), no training state: "
+            "evaluate it or translate with it; train in a new --workdir"
+        )
+    init_from = _start_from(config, workdir)
+    num_devices = device_count(config.parallel)  # batches split evenly over the devices
+    sources = open_roles(config)
+    vocabulary = workdir.vocabulary(config, sources["train"])
+    data = training_data(config, sources, vocabulary, row_multiple=num_devices)
+    tqdm.write(data.summary)
+    model_config = model_config_from(config, vocabulary.vocab_size)
+    if data.max_length > model_config.max_len:
+        raise ValueError(
+            f"the data needs sequences of {data.max_length} tokens but config.model.max_len is "
+            f"{model_config.max_len}"
+        )
+    parallel = DataParallel(
+        config.parallel, model_config=model_config, label_smoothing=config.label_smoothing
+    )
+    parallel.check_batch_size(config.eval_batch_size)
+    if config.batching == "examples":
+        parallel.check_batch_size(config.batch_size)
+    schedule, optimizer = optimizer_from(config, model_config)
+    checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
+    setup = dict(config=config, model_config=model_config, checkpointer=checkpointer)
+    state = _initial_state(setup, optimizer, init_from)
+    run_config = workdir.write_config(config, model_config)
+    return Run(
+        config, workdir, model_config, data, vocabulary, parallel, schedule,
+        parallel.put_state(state), int(state.step), run_config, checkpointer,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating a split, and the log lines
+# ---------------------------------------------------------------------------------------------
+def evaluate_split(
+    run: Run, split: EvalSplit, options: DecodingOptions | None, max_examples: int = 0
+) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Loss and accuracy over `split`; with `options`, BLEU, chrF and exact match of decoding
+    its first `max_examples` examples (0: all)."""
+    split = split.first(max_examples)
+    return evaluate(
+        run.parallel,
+        run.state,
+        run.parallel.get_state(run.state).params,
+        split.batches,
+        model_config=run.model_config,
+        vocabulary=run.vocabulary,
+        references=split.references,
+        sources=split.sources,
+        options=options,
+    )
+
+
+def _report(
+    step: int, name: str, summary: Mapping[str, float], examples: Any, samples: int
+) -> None:
+    line = (
+        f"step {step}: {name} loss {summary['loss']:.4f}, token accuracy {summary['accuracy']:.2%}"
+    )
+    if "bleu" in summary:
+        line += (
+            f", BLEU {summary['bleu']:.2f}, chrF {summary['chrf']:.2f}, exact match "
+            f"{summary['exact_match']:.2%} ({int(summary['examples'])} examples)"
+        )
+    tqdm.write(line)
+    for source, output, reference in examples[:samples]:
+        tqdm.write(f"  {source}\n    -> {output}\n    reference: {reference}")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+            "(Ctrl-C again to abort without saving)"
+        )
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
+    """Train `run` to config.num_train_steps (or a stop request); returns (step reached,
+    interrupted, the last validation metrics). Every checkpoint is on disk when it returns."""
+    config, parallel = run.config, run.parallel
+    validation_options = (
+        decoding_options(config, config.validation_decoding) if config.validation_decoding else None
+    )
+    progress = tqdm(
+        total=config.num_train_steps, initial=run.start_step, disable=not config.progress_bar,
+        unit="step", dynamic_ncols=True,
+    )  # fmt: skip
+    validation: dict[str, float] = {}
+    pending: list[Any] = []
+    interval_start, step = time.perf_counter(), run.start_step
+    with _StopRequest() as stop, progress:
+        for step in range(run.start_step, config.num_train_steps):
+            batch = parallel.put_batch(run.data.train[step])
+            run.state, metrics = parallel.train_step(run.state, batch)
+            pending.append(metrics)
+            progress.update(1)
+            done, last = step + 1, step + 1 == config.num_train_steps
+            if done % config.log_every_steps == 0 or last:
+                summary = summarize_metrics(pending)  # the only read-back of the hot loop
+                summary["target_tokens_per_second"] = summary["tokens"] / (
+                    time.perf_counter() - interval_start
+                )
+                summary["learning_rate"] = float(run.schedule(step))
+                writer.write(done, "train", summary)
+                progress.set_postfix(
+                    loss=f"{summary['loss']:.3f}",
+                    tok_s=f"{summary['target_tokens_per_second']:,.0f}",
+                    lr=f"{summary['learning_rate']:.2e}",
+                )
+                pending, interval_start = [], time.perf_counter()
+            step_metrics = None
+            if done % config.eval_every_steps == 0 or last:
+                validation = step_metrics = _validate(run, writer, done, validation_options)
+                interval_start = time.perf_counter()
+            if done % config.checkpoint_every_steps == 0 or last or step_metrics or stop.requested:
+                run.checkpointer.save(
+                    done,
+                    parallel.get_state(run.state),
+                    config=run.run_config,
+                    data_position={"step": done, "seed": config.seed},
+                    metrics={BEST_METRIC: step_metrics["loss"]} if step_metrics else None,
+                )
+            if stop.requested:
+                step = done
+                break
+        else:
+            step = config.num_train_steps
+        run.checkpointer.wait()
+    return step, stop.requested, validation
+
+
+def _validate(
+    run: Run, writer: MetricWriter, step: int, options: DecodingOptions | None
+) -> dict[str, float]:
+    summary, examples = evaluate_split(
+        run, run.data.validation, options, run.config.num_validation_examples
+    )
+    writer.write(step, "validation", summary)
+    _report(step, "validation", summary, examples, run.config.num_samples)
+    return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
+    run = set_up_run(config, workdir)
+    writer = MetricWriter(run.workdir.metrics_path, run.workdir.tensorboard_dir)
+    with writer, run.checkpointer:
+        step, interrupted, validation = train(run, writer)
+        if interrupted:
+            tqdm.write(
+                f"Stopped at step {step}; checkpoint saved in {run.checkpointer.directory}. "
+                "Run the same command to resume."
+            )
+            return TrainResult(step, True, validation, {})
+        options = decoding_options(config, config.test_decoding)
+        tqdm.write(f"Evaluating on the test split with {options.describe()}")
+        test, examples = evaluate_split(run, run.data.test, options)
+        writer.write(step, "test", test)
+    _report(step, "test", test, examples, config.num_samples)
+    return TrainResult(step, False, validation, test)
