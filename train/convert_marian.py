@@ -82,7 +82,7 @@ def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dic
     import jax
 
     from flax_transformer import count_params
-    from flax_transformer.marian import TOKENIZER_FILES, MarianTokenizer, load_marian
+    from flax_transformer.interop.marian import TOKENIZER_FILES, MarianTokenizer, load_marian
     from train.checkpoints import Checkpointer
     from train.data.tasks import MARIAN_TOKENIZER_DIR
 

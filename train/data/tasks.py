@@ -122,7 +122,7 @@ def load_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> Any:
     if config.dataset == "number_words":
         return numbers.number_words_vocabulary()
     if config.get("tokenizer", "sentencepiece") == "marian":
-        from flax_transformer.marian import MarianTokenizer
+        from flax_transformer.interop.marian import MarianTokenizer
 
         return MarianTokenizer.from_directory(os.path.join(workdir, MARIAN_TOKENIZER_DIR))
     path = os.path.join(workdir, TOKENIZER_FILE)
