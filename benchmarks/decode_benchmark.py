@@ -44,7 +44,7 @@ def decoders(config, max_length, beam_size):
         return tokens[:, 0]
 
     return {
-        "greedy, uncached": lambda params, source, rng: ft.greedy_decode_uncached(
+        "greedy, uncached": lambda params, source, rng: ft.decoding.greedy_decode_uncached(
             config, params, source, **common
         ),
         "greedy, cached": lambda params, source, rng: ft.greedy_decode(

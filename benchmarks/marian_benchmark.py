@@ -6,7 +6,7 @@
 
 One random-weight model of opus-mt-en-de's size (d_model 512, 6+6 layers, 8 heads, d_ff 2048,
 vocabulary 58,101, SiLU, scaled embeddings), made with transformers' MarianMTModel, saved,
-and converted with `flax_transformer.marian.load_marian`: both sides compute with the same
+and converted with `flax_transformer.interop.marian.load_marian`: both sides compute with the same
 weights. Sources: the first `--sentences` English sentences of Multi30k test2016 (--data),
 tokenized with a Marian-style tokenizer trained on Multi30k train (7,000 pieces per language;
 opus-mt's own tokenizer is not available offline), with eos appended, sorted by length and cut
@@ -72,7 +72,7 @@ def make_model(directory: Path) -> None:
 
 
 def make_sources(data: Path, directory: Path, count: int) -> list[list[int]]:
-    from flax_transformer.marian import write_tokenizer_files
+    from flax_transformer.interop.marian import write_tokenizer_files
 
     english = (data / "train.en").read_text(encoding="utf-8").splitlines()
     german = (data / "train.de").read_text(encoding="utf-8").splitlines()
@@ -97,7 +97,7 @@ def run_ours(model_dir: str, sources: list[list[int]], method: str, args) -> dic
     import jax
 
     import flax_transformer as ft
-    from flax_transformer.marian import load_marian
+    from flax_transformer.interop.marian import load_marian
 
     checkpoint = load_marian(model_dir)
     config, params = checkpoint.config, jax.device_put(checkpoint.params)

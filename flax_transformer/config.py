@@ -68,8 +68,9 @@ class TransformerConfig:
       "halves" (all sines then all cosines, as in the Flax WMT example and tensor2tensor).
     - `scale_embeddings`: multiply embeddings by sqrt(d_model) (paper section 3.4) or not.
 
-    Options beyond the paper, for imported checkpoints (MarianMT, see `flax_transformer.marian`):
-    `activation` "silu"/"gelu_exact", `layer_norm_epsilon` (Marian: 1e-5), `final_logits_bias`.
+    Options beyond the paper, for imported checkpoints (MarianMT, see
+    `flax_transformer.interop.marian`): `activation` "silu"/"gelu_exact", `layer_norm_epsilon`
+    (Marian: 1e-5), `final_logits_bias`.
     """
 
     vocab_size: int = 37000
@@ -227,7 +228,7 @@ class TransformerConfig:
 
     @classmethod
     def small(cls, **overrides: Any) -> TransformerConfig:
-        """d_model 256, 4 heads, 3+3 layers, d_ff 1024: trains on a CPU in minutes."""
+        """d_model 256, 4 heads, 3+3 layers, d_ff 1024: a size for training on a CPU."""
         values = dict(
             vocab_size=8000,
             d_model=256,

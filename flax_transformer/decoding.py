@@ -1,16 +1,17 @@
-"""Decoding: turning a trained model into output sequences (paper section 6.1).
+"""Decoding: turning a trained Transformer into output sequences (paper section 6.1).
 
     greedy_decode            the most likely next token at every step
     beam_search              beam search with the GNMT length penalty (paper: beam 4, alpha 0.6)
     sample_decode            ancestral sampling, with temperature, top-k and top-p filtering
     greedy_decode_uncached   the readable reference: re-runs the decoder over the whole prefix
 
-Each is one pure function, jitted with the config static, over a batch of source sentences
-[batch, src_len] right-padded with `config.pad_id`. A row's result depends only on that row (and,
-for sampling, the rng and the row's index): not on the other rows, nor on how much padding the
-batch has. Output rows hold the generated tokens up to and including the first `eos_id`, then
-`config.pad_id`; the start token `bos_id` is not part of the output, and the pad id is never
-generated (`never_pad`; the start token may be the pad id, as in MarianMT).
+Each runs a search of `flax_transformer.search` over the model's step function (`cached_step`,
+or `uncached_step` for the reference), jitted with the config static, over a batch of source
+sentences [batch, src_len] right-padded with `config.pad_id`. A row's result depends only on
+that row (and, for sampling, the rng and the row's index): not on the other rows, nor on how
+much padding the batch has. Output rows hold the generated tokens up to and including the first
+`eos_id`, then `config.pad_id`; the start token `bos_id` is not part of the output, and the pad
+id is never generated (`banned_id`; the start token may be the pad id, as in MarianMT).
 
 Output length. Paper section 6.1: "We set the maximum output length during inference to input
 length + 50, but terminate early when possible." Buffers have a static length `max_length`, by
@@ -34,113 +35,120 @@ O(length^2). The two are public, for writing your own loop:
 
 Every array of the cache has the batch axis first, so `jax.tree.map` can select or reorder rows.
 
-Input checks: token ids are checked on the host when `check_inputs` is True (it reads them back);
-the other arguments (bos/eos ids, max_length, beam and sampling settings) are always checked.
+Input checks (`flax_transformer.checks`): token ids are checked on the host when `check_inputs`
+is True (it reads them back); the other arguments (bos/eos ids, max_length, beam and sampling
+settings) are always checked.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import numbers
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import struct
 
-from flax_transformer.api import check_tokens
+from flax_transformer import checks, search
 from flax_transformer.config import TransformerConfig
 from flax_transformer.model import DecodingCache, Transformer
 
+# train/evaluation.py reads these here; they are declared in flax_transformer.search.
+from flax_transformer.search import BEAM_STOP_RULES, strip_after_eos  # noqa: F401
+
 Array = jax.Array
 
-# Paper section 6.1: the maximum output length is the input length + 50.
-EXTRA_OUTPUT_LENGTH = 50
-# When a sentence's beam search is over (see `beam_search`).
-BEAM_STOP_RULES = ("finished", "bound")
-
-NEG_INF = -jnp.inf
-
 
 # ---------------------------------------------------------------------------------------------
-# Output lengths and argument checks
+# The model as a step function of flax_transformer.search
 # ---------------------------------------------------------------------------------------------
-def default_max_length(config: TransformerConfig, source_length: int) -> int:
-    """The buffer length used when `max_length` is None: min(source_length + 50, max_len)."""
-    return min(source_length + EXTRA_OUTPUT_LENGTH, config.max_len)
-
-
 def output_length_limits(config: TransformerConfig, source_tokens: Array, max_length: int) -> Array:
     """Each row's longest output, int32 [batch]: min(max_length, non-pad source tokens + 50)."""
     source_lengths = jnp.sum(source_tokens != config.pad_id, axis=-1, dtype=jnp.int32)
-    return jnp.minimum(max_length, source_lengths + EXTRA_OUTPUT_LENGTH)
+    return jnp.minimum(max_length, source_lengths + checks.EXTRA_OUTPUT_LENGTH)
 
 
-def never_pad(config: TransformerConfig, scores: Array, eos_id: int) -> Array:
-    """Scores [..., vocab] with the pad id's set to -inf: no decoder ever writes padding.
+def banned_id(config: TransformerConfig, eos_id: int) -> int | None:
+    """The token no decoder writes: the pad id, unless it is the eos id (then None).
 
     Padding only fills rows after eos. Models trained here hardly ever rank it first (it is never
     a target), but a model whose start token is the pad id (MarianMT) scores it highly; Hugging
-    Face bans it the same way (opus-mt's `bad_words_ids=[[pad_id]]`). A config whose pad id is
-    the eos id keeps it.
+    Face bans it the same way (opus-mt's `bad_words_ids=[[pad_id]]`).
     """
-    if config.pad_id == eos_id:
-        return scores
-    return scores.at[..., config.pad_id].set(NEG_INF)
+    return None if config.pad_id == eos_id else config.pad_id
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def cached_step(
+    config: TransformerConfig, params: Any, source_tokens: Array, length: int, copies: int = 1
+) -> tuple[search.StepFunction, Any]:
+    """(tokens_to_logits, its initial cache) for `Transformer.decode_step`, `length` positions.
 
-
-def _check_decoding_arguments(
-    config: TransformerConfig,
-    source_tokens: Any,
-    bos_id: Any,
-    eos_id: Any,
-    max_length: Any,
-    check_inputs: bool,
-) -> int:
-    """Raise ValueError for a bad argument; return the buffer length (resolving None)."""
-    if not isinstance(config, TransformerConfig):
-        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-    if check_inputs:
-        check_tokens(config, source_tokens, "source_tokens")
-    elif len(np.shape(source_tokens)) != 2:
-        raise ValueError(
-            f"source_tokens must have shape [batch, length], got {tuple(np.shape(source_tokens))}"
-        )
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        if not _is_int(value):
-            raise ValueError(f"{name} must be an int token id, got {value!r}")
-        if not 0 <= value < config.vocab_size:
-            raise ValueError(f"{name}={value} is outside the vocabulary [0, {config.vocab_size})")
-    if max_length is None:
-        return default_max_length(config, np.shape(source_tokens)[1])
-    if not _is_int(max_length):
-        raise ValueError(f"max_length must be an int or None, got {max_length!r}")
-    if not 1 <= max_length <= config.max_len:
-        raise ValueError(
-            f"max_length must be in [1, config.max_len={config.max_len}], got {max_length}"
-        )
-    return int(max_length)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks: the cache and one decoder step
-# ---------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("config", "length"))
-def _init_cache(
-    config: TransformerConfig, params: Any, source_tokens: Array, length: int
-) -> DecodingCache:
-    return Transformer(config).apply(
-        {"params": params}, source_tokens, length, method=Transformer.init_cache
+    The searches carry and reorder only the self-attention part of the `DecodingCache`: the
+    source tokens and each layer's cross-attention keys and values are the same at every step
+    and for every beam of a sentence, so the step function closes over them (each row repeated
+    `copies` times: the beam size, for beam search).
+    """
+    model = Transformer(config)
+    cache = model.apply({"params": params}, source_tokens, length, method=Transformer.init_cache)
+    source_rows, cross_attention = search.repeat_rows(
+        (cache.source_tokens, cache.cross_attention), copies
     )
 
+    def tokens_to_logits(tokens: Array, self_attention: Any, step: Array) -> tuple[Array, Any]:
+        full = DecodingCache(
+            source_tokens=source_rows,
+            cross_attention=cross_attention,
+            self_attention=self_attention,
+        )
+        logits, full = model.apply(
+            {"params": params}, full, tokens, step, method=Transformer.decode_step
+        )
+        return logits, full.self_attention
 
+    return tokens_to_logits, cache.self_attention
+
+
+def uncached_step(
+    config: TransformerConfig, params: Any, source_tokens: Array, length: int
+) -> tuple[search.StepFunction, Array]:
+    """(tokens_to_logits, its initial cache) without a key/value cache: the readable reference.
+
+    The "cache" is the decoder input buffer int32 [batch, length], all padding at first. Step t
+    writes its input token at column t and runs the decoder over the whole fixed-length buffer
+    (one compilation); the causal mask hides the columns after t, so logits[:, t] are those of
+    the prefix. O(length^2) work per sentence, and no cache to get wrong.
+    """
+    model = Transformer(config)
+    encoded = model.apply({"params": params}, source_tokens, method=Transformer.encode)
+
+    def tokens_to_logits(tokens: Array, buffer: Array, step: Array) -> tuple[Array, Array]:
+        buffer = jax.lax.dynamic_update_index_in_dim(buffer, tokens, step, axis=1)
+        logits = model.apply(
+            {"params": params}, encoded, source_tokens, buffer, method=Transformer.decode
+        )
+        return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), buffer
+
+    buffer = jnp.full((source_tokens.shape[0], length), config.pad_id, jnp.int32)
+    return tokens_to_logits, buffer
+
+
+def _search_settings(
+    config: TransformerConfig, source_tokens: Array, bos_id: int, eos_id: int, max_length: int
+) -> dict[str, Any]:
+    """The keyword arguments every search takes, for this model and source."""
+    return {
+        "bos_id": bos_id,
+        "eos_id": eos_id,
+        "pad_id": config.pad_id,
+        "max_length": max_length,
+        "length_limits": output_length_limits(config, source_tokens, max_length),
+        "banned_id": banned_id(config, eos_id),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks for your own loop: the cache and one decoder step
+# ---------------------------------------------------------------------------------------------
+@checks.checked_jit(checks.check_decoding_arguments, static_argnames=("length",))
 def init_cache(
     config: TransformerConfig,
     params: Any,
@@ -154,13 +162,9 @@ def init_cache(
     The cross-attention keys and values of every decoder layer are computed here, once; the
     self-attention part starts empty. Jitted; see `decode_step` and the module docstring.
     """
-    if check_inputs:
-        check_tokens(config, source_tokens, "source_tokens")
-    if not _is_int(length) or not 1 <= length <= config.max_len:
-        raise ValueError(
-            f"length must be an int in [1, config.max_len={config.max_len}], got {length!r}"
-        )
-    return _init_cache(config, params, source_tokens, int(length))
+    return Transformer(config).apply(
+        {"params": params}, source_tokens, length, method=Transformer.init_cache
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -179,77 +183,11 @@ def decode_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# Greedy decoding and sampling: one token per row and step
+# The decoders
 # ---------------------------------------------------------------------------------------------
-def _generate(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    choose_token: Callable[[Array, Array], Array],
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_length: int,
-) -> Array:
-    """The cached decoding loop of greedy decoding and sampling.
-
-    choose_token(logits [batch, vocab], step) -> int32 [batch] picks each row's next token.
-    The loop stops early once every row is finished (eos or its length limit).
-    """
-    model = Transformer(config)
-    batch = source_tokens.shape[0]
-    limits = output_length_limits(config, source_tokens, max_length)
-    cache = model.apply(
-        {"params": params}, source_tokens, max_length, method=Transformer.init_cache
-    )
-    outputs = jnp.full((batch, max_length), config.pad_id, jnp.int32)
-    previous = jnp.full((batch,), bos_id, jnp.int32)
-    finished = jnp.zeros((batch,), bool)
-
-    def not_done(state: tuple[Any, ...]) -> Array:
-        step, _, _, finished, _ = state
-        return (step < max_length) & ~jnp.all(finished)
-
-    def decode_one(state: tuple[Any, ...]) -> tuple[Any, ...]:
-        step, previous, outputs, finished, cache = state
-        logits, cache = model.apply(
-            {"params": params}, cache, previous, step, method=Transformer.decode_step
-        )
-        token = choose_token(never_pad(config, logits, eos_id), step)
-        token = jnp.where(finished, config.pad_id, token)
-        outputs = jax.lax.dynamic_update_index_in_dim(outputs, token, step, axis=1)
-        finished = finished | (token == eos_id) | (step + 1 >= limits)
-        return step + 1, token, outputs, finished, cache
-
-    state = (jnp.int32(0), previous, outputs, finished, cache)
-    _, _, outputs, _, _ = jax.lax.while_loop(not_done, decode_one, state)
-    return outputs
-
-
-@functools.partial(jax.jit, static_argnames=("config", "bos_id", "eos_id", "max_length"))
-def _greedy_decode(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_length: int,
-) -> Array:
-    def most_likely(logits: Array, step: Array) -> Array:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    return _generate(
-        config,
-        params,
-        source_tokens,
-        most_likely,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        max_length=max_length,
-    )
-
-
+@checks.checked_jit(
+    checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
+)
 def greedy_decode(
     config: TransformerConfig,
     params: Any,
@@ -269,57 +207,13 @@ def greedy_decode(
     start from the pad id: pass that). Jitted; compiles once per config, batch shape and
     max_length.
     """
-    max_length = _check_decoding_arguments(
-        config, source_tokens, bos_id, eos_id, max_length, check_inputs
-    )
-    return _greedy_decode(
-        config, params, source_tokens, bos_id=int(bos_id), eos_id=int(eos_id), max_length=max_length
-    )
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    return search.greedy_search(*cached_step(config, params, source_tokens, max_length), **settings)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "bos_id", "eos_id", "max_length"))
-def _greedy_decode_uncached(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_length: int,
-) -> Array:
-    model = Transformer(config)
-    batch = source_tokens.shape[0]
-    limits = output_length_limits(config, source_tokens, max_length)
-    encoded = model.apply({"params": params}, source_tokens, method=Transformer.encode)
-    # Column 0 holds the start token; columns 1..max_length receive the output tokens.
-    buffer = jnp.full((batch, max_length + 1), config.pad_id, jnp.int32).at[:, 0].set(bos_id)
-    finished = jnp.zeros((batch,), bool)
-
-    def not_done(state: tuple[Array, Array, Array]) -> Array:
-        step, _, finished = state
-        return (step < max_length) & ~jnp.all(finished)
-
-    def decode_one(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        step, buffer, finished = state
-        # The decoder sees only buffer[:, :max_length]; the causal mask hides columns > step.
-        logits = model.apply(
-            {"params": params},
-            encoded,
-            source_tokens,
-            buffer[:, :max_length],
-            method=Transformer.decode,
-        )
-        next_logits = jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False)
-        next_token = jnp.argmax(never_pad(config, next_logits, eos_id), axis=-1).astype(jnp.int32)
-        next_token = jnp.where(finished, config.pad_id, next_token)
-        buffer = jax.lax.dynamic_update_index_in_dim(buffer, next_token, step + 1, axis=1)
-        finished = finished | (next_token == eos_id) | (step + 1 >= limits)
-        return step + 1, buffer, finished
-
-    _, buffer, _ = jax.lax.while_loop(not_done, decode_one, (jnp.int32(0), buffer, finished))
-    return buffer[:, 1:]
-
-
+@checks.checked_jit(
+    checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
+)
 def greedy_decode_uncached(
     config: TransformerConfig,
     params: Any,
@@ -333,89 +227,26 @@ def greedy_decode_uncached(
     """`greedy_decode` without the cache: the readable reference path.
 
         encode the source once
-        buffer = [bos, pad, pad, ...]                       fixed length: compiles once
+        buffer = [pad, pad, pad, ...]                       fixed length: compiles once
         while some row is unfinished and t < max_length:
+            buffer[:, t] = bos if t == 0 else the token chosen at t - 1 (pad once finished)
             logits = decoder(buffer)[:, t]                  causal mask: position t sees <= t only
-            buffer[:, t + 1] = argmax(logits), or pad once the row has finished
+            the token chosen at t = argmax(logits)
 
-    Re-runs the decoder over the whole fixed-length buffer at every step: simple and exact,
-    O(length^2) work per sentence. Same arguments and result as `greedy_decode`.
+    Re-runs the decoder over the whole fixed-length buffer at every step (`uncached_step`):
+    simple and exact, O(length^2) work per sentence. Same arguments and result as
+    `greedy_decode`.
     """
-    max_length = _check_decoding_arguments(
-        config, source_tokens, bos_id, eos_id, max_length, check_inputs
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    return search.greedy_search(
+        *uncached_step(config, params, source_tokens, max_length), **settings
     )
-    return _greedy_decode_uncached(
-        config, params, source_tokens, bos_id=int(bos_id), eos_id=int(eos_id), max_length=max_length
-    )
 
 
-def top_k_filter(logits: Array, k: int) -> Array:
-    """Keep the k largest logits of each row (and any tied with the k-th), set the rest to -inf.
-
-    k = 0 leaves the logits unchanged. `k` is a Python int (it fixes a shape).
-    """
-    if k == 0:
-        return logits
-    # The k-th largest as the min of the top k: indexing [..., -1] instead stops XLA from using
-    # its fast top-k kernel on CPU (it falls back to a full sort, about 50 times slower).
-    kth_largest = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)
-    return jnp.where(logits >= kth_largest, logits, NEG_INF)
-
-
-def top_p_filter(logits: Array, p: float) -> Array:
-    """Nucleus filtering (Holtzman et al., 2020): keep the most likely tokens of each row whose
-    probabilities first sum to at least p (at least one token, and any tied with the last kept
-    one); set the rest to -inf. p = 1 leaves the logits unchanged.
-
-    A token is kept when the tokens strictly more likely than it hold less than p of the mass.
-    """
-    if p >= 1.0:
-        return logits
-    descending = -jnp.sort(-logits, axis=-1)
-    probs = jax.nn.softmax(descending, axis=-1)
-    # Exclusive cumulative sum: the mass of the tokens before each one in descending order.
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = mass_before < p
-    smallest_kept = jnp.min(jnp.where(kept, descending, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits >= smallest_kept, logits, NEG_INF)
-
-
-@functools.partial(
-    jax.jit, static_argnames=("config", "bos_id", "eos_id", "top_k", "top_p", "max_length")
+@checks.checked_jit(
+    checks.check_decoding_arguments,
+    static_argnames=("bos_id", "eos_id", "top_k", "top_p", "max_length"),
 )
-def _sample_decode(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    rng: Array,
-    temperature: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    top_k: int,
-    top_p: float,
-    max_length: int,
-) -> Array:
-    rows = jnp.arange(source_tokens.shape[0])
-
-    def sample(logits: Array, step: Array) -> Array:
-        logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-        # One key per row and step, so that a row's samples do not depend on the batch size.
-        step_key = jax.random.fold_in(rng, step)
-        row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows)
-        return jax.vmap(jax.random.categorical)(row_keys, logits).astype(jnp.int32)
-
-    return _generate(
-        config,
-        params,
-        source_tokens,
-        sample,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        max_length=max_length,
-    )
-
-
 def sample_decode(
     config: TransformerConfig,
     params: Any,
@@ -438,213 +269,21 @@ def sample_decode(
     output, and a row's samples do not depend on the other rows. Output layout, length limits
     and jitting as in `greedy_decode`; temperature is traced, top_k and top_p are static.
     """
-    max_length = _check_decoding_arguments(
-        config, source_tokens, bos_id, eos_id, max_length, check_inputs
-    )
-    if not isinstance(temperature, numbers.Real) or not (
-        math.isfinite(temperature) and temperature > 0
-    ):
-        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
-    if not _is_int(top_k) or not 0 <= top_k <= config.vocab_size:
-        raise ValueError(
-            f"top_k must be an int in [0, vocab_size={config.vocab_size}] (0 = off), got {top_k!r}"
-        )
-    if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be a float in (0, 1] (1 = off), got {top_p!r}")
-    return _sample_decode(
-        config,
-        params,
-        source_tokens,
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    return search.sample_search(
+        *cached_step(config, params, source_tokens, max_length),
         rng,
-        jnp.float32(temperature),
-        bos_id=int(bos_id),
-        eos_id=int(eos_id),
-        top_k=int(top_k),
-        top_p=float(top_p),
-        max_length=max_length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        **settings,
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Beam search
-# ---------------------------------------------------------------------------------------------
-def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
-    """lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al., 2016); |Y| counts the output tokens, eos
-    included. Beam search ranks finished hypotheses by sum log p / lp(Y)."""
-    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
-
-
-@struct.dataclass
-class BeamState:
-    """The loop state of `beam_search`, for `batch` sentences with `beam` hypotheses each.
-
-    step             int32 scalar: the tokens each alive hypothesis has produced
-    alive_tokens     [batch, beam, max_length + 1]: the start token, then the outputs
-    alive_log_probs  [batch, beam]: sum of log p of each alive hypothesis (-inf: none)
-    cache            DecodingCache with batch * beam rows (row b * beam + k: beam k of b)
-    finished_tokens  [batch, beam, max_length + 1]: hypotheses that ended, best first
-    finished_scores  [batch, beam]: their sum log p / lp(length) (-inf: empty slot)
-    finished_flags   [batch, beam] bool: the slot holds a finished hypothesis
-    """
-
-    step: Array
-    alive_tokens: Array
-    alive_log_probs: Array
-    cache: DecodingCache
-    finished_tokens: Array
-    finished_scores: Array
-    finished_flags: Array
-
-
-def _gather_beams(values: Array, beam_indices: Array) -> Array:
-    """values [batch, beam, ...], beam_indices [batch, n] -> [batch, n, ...]."""
-    indices = beam_indices.reshape(beam_indices.shape + (1,) * (values.ndim - 2))
-    return jnp.take_along_axis(values, indices, axis=1)
-
-
-def _reorder_cache(cache: DecodingCache, beam_indices: Array, beam_size: int) -> DecodingCache:
-    """Row b * beam + k of the new cache continues beam beam_indices[b, k] of sentence b.
-
-    Only the self-attention part differs between the beams of a sentence: the source tokens and
-    the cross-attention keys and values are the same for all of them.
-    """
-
-    def reorder(rows: Array) -> Array:
-        per_sentence = rows.reshape((-1, beam_size) + rows.shape[1:])
-        return _gather_beams(per_sentence, beam_indices).reshape(rows.shape)
-
-    return cache.replace(self_attention=jax.tree.map(reorder, cache.self_attention))
-
-
-@functools.partial(
-    jax.jit, static_argnames=("config", "bos_id", "eos_id", "beam_size", "max_length", "stop")
+@checks.checked_jit(
+    checks.check_decoding_arguments,
+    static_argnames=("bos_id", "eos_id", "beam_size", "max_length", "stop"),
 )
-def _beam_search(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    alpha: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    beam_size: int,
-    max_length: int,
-    stop: str,
-) -> tuple[Array, Array]:
-    model = Transformer(config)
-    batch, vocab = source_tokens.shape[0], config.vocab_size
-    limits = output_length_limits(config, source_tokens, max_length)  # [batch]
-
-    # Encode each sentence once, then give each of its beams a copy of the cache.
-    cache = model.apply(
-        {"params": params}, source_tokens, max_length, method=Transformer.init_cache
-    )
-    cache = jax.tree.map(lambda rows: jnp.repeat(rows, beam_size, axis=0), cache)
-    start = jnp.full((batch, beam_size, max_length + 1), config.pad_id, jnp.int32)
-    start = start.at[:, :, 0].set(bos_id)
-    # All beams start identical: only beam 0 may expand at step 0, or the beam would be filled
-    # with copies of the same hypothesis.
-    first_beam_only = jnp.where(jnp.arange(beam_size) == 0, 0.0, NEG_INF)
-    state = BeamState(
-        step=jnp.int32(0),
-        alive_tokens=start,
-        alive_log_probs=jnp.broadcast_to(first_beam_only, (batch, beam_size)),
-        cache=cache,
-        finished_tokens=start,
-        finished_scores=jnp.full((batch, beam_size), NEG_INF),
-        finished_flags=jnp.zeros((batch, beam_size), bool),
-    )
-
-    def rows_done(state: BeamState) -> Array:
-        """[batch]: the row's search is over (see `stop` in `beam_search`).
-
-        "finished": every one of the row's beam_size finished slots holds a hypothesis.
-        "bound": extending a hypothesis only lowers its log-probability (log p <= 0), so the best
-        score an alive hypothesis can still reach is its log-probability divided by the largest
-        length penalty it can reach; when that is below the worst kept finished score, no alive
-        hypothesis can enter the finished ones any more.
-        """
-        reached_limit = state.step >= limits
-        best_alive = jnp.max(state.alive_log_probs, axis=1)
-        beam_finished = jnp.all(state.finished_flags, axis=1)
-        if stop == "finished":
-            return reached_limit | (best_alive == NEG_INF) | beam_finished
-        largest_penalty = jnp.maximum(
-            gnmt_length_penalty(state.step + 1, alpha), gnmt_length_penalty(limits, alpha)
-        )
-        worst_finished = jnp.min(state.finished_scores, axis=1)
-        cannot_improve = beam_finished & (best_alive / largest_penalty < worst_finished)
-        return reached_limit | (best_alive == NEG_INF) | cannot_improve
-
-    def not_done(state: BeamState) -> Array:
-        return (state.step < max_length) & ~jnp.all(rows_done(state))
-
-    def expand(state: BeamState) -> BeamState:
-        step = state.step
-        previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, step, axis=2, keepdims=False)
-        logits, cache = model.apply(
-            {"params": params},
-            state.cache,
-            previous.reshape(-1),
-            step,
-            method=Transformer.decode_step,
-        )
-        # Banned after normalising, as Hugging Face does (the others' probabilities unchanged).
-        log_probs = never_pad(config, jax.nn.log_softmax(logits), eos_id)
-        log_probs = log_probs.reshape(batch, beam_size, vocab)
-        candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch, -1)
-
-        # The 2 * beam best extensions, best first. The first `beam` of them are the new beam:
-        # those that end are finished. The alive beam is refilled with the best that do not end;
-        # at most one extension per beam ends in eos, so there are always `beam` of them.
-        top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * beam_size)
-        top_beams, top_tokens = top_indices // vocab, top_indices % vocab
-        top_sequences = jax.lax.dynamic_update_index_in_dim(
-            _gather_beams(state.alive_tokens, top_beams), top_tokens, step + 1, axis=2
-        )
-        length = step + 1
-        exists = top_log_probs > NEG_INF
-        ends = exists & ((top_tokens == eos_id) | (length >= limits[:, None]))
-        in_beam = jnp.arange(2 * beam_size) < beam_size
-        finishes = ends & in_beam
-
-        # Alive: the best `beam` extensions that do not end.
-        alive_log_probs, alive_picks = jax.lax.top_k(
-            jnp.where(ends, NEG_INF, top_log_probs), beam_size
-        )
-        alive_tokens = _gather_beams(top_sequences, alive_picks)
-        cache = _reorder_cache(
-            cache, jnp.take_along_axis(top_beams, alive_picks, axis=1), beam_size
-        )
-
-        # Finished: the best `beam` of the kept finished hypotheses and the new ones.
-        new_scores = jnp.where(
-            finishes, top_log_probs / gnmt_length_penalty(length, alpha), NEG_INF
-        )
-        scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
-        finished_scores, finished_picks = jax.lax.top_k(scores, beam_size)
-        finished_tokens = _gather_beams(
-            jnp.concatenate([state.finished_tokens, top_sequences], axis=1), finished_picks
-        )
-        finished_flags = jnp.take_along_axis(
-            jnp.concatenate([state.finished_flags, finishes], axis=1), finished_picks, axis=1
-        )
-        # A done row keeps what it has (nothing better can come; this also holds under rounding).
-        done = rows_done(state)
-        return BeamState(
-            step=step + 1,
-            alive_tokens=alive_tokens,
-            alive_log_probs=alive_log_probs,
-            cache=cache,
-            finished_tokens=jnp.where(done[:, None, None], state.finished_tokens, finished_tokens),
-            finished_scores=jnp.where(done[:, None], state.finished_scores, finished_scores),
-            finished_flags=jnp.where(done[:, None], state.finished_flags, finished_flags),
-        )
-
-    state = jax.lax.while_loop(not_done, expand, state)
-    return state.finished_tokens[:, :, 1:], state.finished_scores
-
-
 def beam_search(
     config: TransformerConfig,
     params: Any,
@@ -668,52 +307,20 @@ def beam_search(
     `beam_size` best extensions, those that end (eos or the length limit) join the finished
     ones, of which the `beam_size` best are kept, and the alive beam is refilled with the
     `beam_size` best extensions that do not end. The loop stops when every row is done: at its
-    length limit, or by the `stop` rule:
+    length limit, or by the `stop` rule (`search.beam_search`):
 
     - "finished" (default): when all `beam_size` of the row's beams have finished, as in
       fairseq and Marian. Beam size 1 is then exactly greedy decoding.
     - "bound": when no alive hypothesis can still beat the worst kept finished one, whatever
-      length it reaches (tensor2tensor, which the paper used, and the Flax WMT example). It
-      never stops before the best-scoring hypothesis the beam can reach is found, but with
-      alpha > 0 it searches longer: a longer hypothesis might still score better. It can return
-      a better-normalised hypothesis than "finished", never a worse one; with alpha 0 the two
-      rules agree for beam size 1.
+      length it reaches (tensor2tensor, which the paper used, and the Flax WMT example).
     Slots left empty (only when fewer than beam_size distinct outputs exist) have score -inf
     and pad tokens. Jitted; length_penalty is traced, beam_size is static.
     """
-    max_length = _check_decoding_arguments(
-        config, source_tokens, bos_id, eos_id, max_length, check_inputs
-    )
-    if not _is_int(beam_size) or beam_size < 1:
-        raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
-    if config.vocab_size < 2:
-        raise ValueError("beam search needs a vocabulary of at least 2 tokens")
-    if stop not in BEAM_STOP_RULES:
-        raise ValueError(f"stop must be one of {list(BEAM_STOP_RULES)}, got {stop!r}")
-    if not isinstance(length_penalty, numbers.Real) or not (
-        math.isfinite(length_penalty) and length_penalty >= 0
-    ):
-        raise ValueError(
-            f"length_penalty (alpha) must be a finite float >= 0, got {length_penalty!r}"
-        )
-    return _beam_search(
-        config,
-        params,
-        source_tokens,
-        jnp.float32(length_penalty),
-        bos_id=int(bos_id),
-        eos_id=int(eos_id),
-        beam_size=int(beam_size),
-        max_length=max_length,
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    return search.beam_search(
+        *cached_step(config, params, source_tokens, max_length, copies=beam_size),
+        beam_size=beam_size,
+        alpha=length_penalty,
         stop=stop,
+        **settings,
     )
-
-
-def strip_after_eos(tokens: Any, eos_id: int, pad_id: int) -> list[list[int]]:
-    """Token rows -> Python lists ending before the first eos (pad ids dropped)."""
-    rows = []
-    for row in jax.device_get(tokens).tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id)]
-        rows.append([token for token in row if token != pad_id])
-    return rows

@@ -1,8 +1,8 @@
-"""A one-minute tour: `python -m flax_transformer.demo`.
+"""A short tour: `python -m flax_transformer.demo`.
 
 Builds the paper's presets and counts their parameters, runs the jitted model on a small
-padded batch, and prints one cross-attention map. (The training entry point, `python -m train`,
-arrives with the training issue.)
+padded batch, and prints one cross-attention map. (Training and translating: `python -m train`,
+see train/README.md.)
 """
 
 from __future__ import annotations

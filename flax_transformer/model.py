@@ -15,7 +15,8 @@ earlier positions' keys and values.
 
 Stacks are unrolled by default (params `layer_0`, `layer_1`, ...); `config.scan_layers` runs them
 with `nn.scan` (one set of params named `layers` with a leading layer axis, compile time
-independent of depth). `stack_layer_params` and `unstack_layer_params` convert between the two.
+independent of depth). `stack_layer_params` and `unstack_layer_params` convert between the two;
+`init_params` makes a parameter tree (jitted, config static) and `count_params` counts it.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from flax_transformer import masks
+from flax_transformer import checks, masks
 from flax_transformer.config import TransformerConfig
 from flax_transformer.layers import (
     DecoderLayer,
@@ -43,6 +45,7 @@ from flax_transformer.layers import (
 from flax_transformer.positional import sinusoidal_encoding_at
 
 Array = jax.Array
+Params = dict[str, Any]
 # One KeyValue per decoder layer: a tuple for unrolled stacks, one stacked KeyValue when scanned.
 LayerKeyValues = KeyValue | tuple[KeyValue, ...]
 
@@ -124,8 +127,11 @@ def _run_layers(
     return carry, tuple(outputs)
 
 
-class Encoder(nn.Module):
-    """The encoder stack (paper section 3.1): N identical layers over the embedded source."""
+class _Stack(nn.Module):
+    """What the encoder and decoder stacks share (paper section 3.1): their input embedding
+    (token embedding + positional encoding, then dropout: sections 3.4, 3.5, 5.4), their
+    `num_layers` layers of `layer_class` (both set by the subclass), and with pre-LN a final
+    LayerNorm."""
 
     config: TransformerConfig
     embedding: TokenEmbedding
@@ -135,9 +141,24 @@ class Encoder(nn.Module):
         if cfg.positional_encoding == "learned":
             self.position_embedding = PositionEmbedding(cfg)
         self.dropout = nn.Dropout(rate=cfg.dropout_rate)
-        self.layers = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers)
+        self.layers = _layer_stack(cfg, self.layer_class, self.num_layers)
         if cfg.norm_position == "pre":
             self.final_norm = layer_norm(cfg)
+
+    def _embed(self, tokens: Array, positions: Array | None, deterministic: bool) -> Array:
+        cfg = self.config
+        learned = self.position_embedding if cfg.positional_encoding == "learned" else None
+        return _embed(cfg, self.embedding, learned, self.dropout, tokens, positions, deterministic)
+
+
+class Encoder(_Stack):
+    """The encoder stack (paper section 3.1): N identical layers over the embedded source."""
+
+    layer_class = EncoderLayer  # a class attribute, not a field
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_encoder_layers
 
     def __call__(
         self,
@@ -147,38 +168,33 @@ class Encoder(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         cfg = self.config
-        learned = self.position_embedding if cfg.positional_encoding == "learned" else None
-        x = _embed(
-            cfg, self.embedding, learned, self.dropout, source_tokens, positions, deterministic
-        )
+        x = self._embed(source_tokens, positions, deterministic)
 
         def apply_layer(layer, x, mask):
             return layer(x, mask, deterministic), None
 
-        x, _ = _run_layers(cfg, self.layers, cfg.num_encoder_layers, apply_layer, x, shared=(mask,))
+        x, _ = _run_layers(cfg, self.layers, self.num_layers, apply_layer, x, shared=(mask,))
         if cfg.norm_position == "pre":
             x = self.final_norm(x)
         return x
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
     """The decoder stack (paper section 3.1) and the pre-softmax projection (3.4).
 
     `__call__` runs a whole target sequence. Incremental decoding uses the same parameters through
     `cross_attention_key_values` (once per source) and `decode_step` (once per target position).
     """
 
-    config: TransformerConfig
-    embedding: TokenEmbedding
+    layer_class = DecoderLayer
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_decoder_layers
 
     def setup(self) -> None:
+        super().setup()
         cfg = self.config
-        if cfg.positional_encoding == "learned":
-            self.position_embedding = PositionEmbedding(cfg)
-        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
-        self.layers = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers)
-        if cfg.norm_position == "pre":
-            self.final_norm = layer_norm(cfg)
         if not cfg.tie_output_embedding:
             self.logits = nn.Dense(cfg.vocab_size, dtype=cfg.compute_dtype, kernel_init=dense_init)
         if cfg.final_logits_bias:
@@ -204,7 +220,7 @@ class Decoder(nn.Module):
         y, _ = _run_layers(
             cfg,
             self.layers,
-            cfg.num_decoder_layers,
+            self.num_layers,
             apply_layer,
             y,
             shared=(encoded, self_attention_mask, cross_attention_mask),
@@ -218,7 +234,7 @@ class Decoder(nn.Module):
         def apply_layer(layer, encoded):
             return encoded, layer.cross_attention_key_value(encoded)
 
-        _, key_values = _run_layers(cfg, self.layers, cfg.num_decoder_layers, apply_layer, encoded)
+        _, key_values = _run_layers(cfg, self.layers, self.num_layers, apply_layer, encoded)
         return key_values
 
     def decode_step(
@@ -259,18 +275,13 @@ class Decoder(nn.Module):
         y, self_attention_cache = _run_layers(
             cfg,
             self.layers,
-            cfg.num_decoder_layers,
+            self.num_layers,
             apply_layer,
             y,
             per_layer=(self_attention_cache, cross_attention_key_values),
             shared=(step, self_attention_mask, cross_attention_mask),
         )
         return self._output_logits(y), self_attention_cache
-
-    def _embed(self, tokens: Array, positions: Array | None, deterministic: bool) -> Array:
-        cfg = self.config
-        learned = self.position_embedding if cfg.positional_encoding == "learned" else None
-        return _embed(cfg, self.embedding, learned, self.dropout, tokens, positions, deterministic)
 
     def _output_logits(self, y: Array) -> Array:
         """The final LayerNorm (pre-LN only), then the pre-softmax linear map (3.4), in float32."""
@@ -447,8 +458,21 @@ class Transformer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Converting parameters between unrolled (layer_0, layer_1, ...) and scanned (layers) stacks.
+# Parameters: initialising, counting, and converting between unrolled (layer_0, layer_1, ...)
+# and scanned (layers) stacks.
 # ---------------------------------------------------------------------------------------------
+@checks.checked_jit(lambda config, rng: checks.check_config(config))
+def init_params(config: TransformerConfig, rng: Array) -> Params:
+    """Freshly initialised float32 parameters of `Transformer(config)` (jitted)."""
+    tokens = jnp.ones((1, 1), jnp.int32)
+    return Transformer(config).init({"params": rng}, tokens, tokens)["params"]
+
+
+def count_params(params: Params) -> int:
+    """The number of scalar parameters in a parameter tree."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
+
+
 def _stack_names(tree: dict[str, Any]) -> list[str]:
     names = [name for name in tree if name.startswith("layer_")]
     return sorted(names, key=lambda name: int(name.removeprefix("layer_")))

@@ -33,9 +33,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from flax_transformer.api import init_params
 from flax_transformer.config import TransformerConfig
-from flax_transformer.model import Transformer
+from flax_transformer.model import Transformer, init_params
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -198,3 +198,25 @@ def transformer_logits(params, cfg, source, decoder_input):
     if cfg["tie_output_embedding"]:
         return y @ target_table.T
     return y @ dec["logits"]["kernel"] + dec["logits"]["bias"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling filters, by their definitions
+# ---------------------------------------------------------------------------------------------
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exps = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep a logit when fewer than k logits of its row are larger."""
+    larger = (logits[..., None, :] > logits[..., :, None]).sum(axis=-1)
+    return np.where(larger < k, logits, -np.inf)
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep a token when the tokens strictly more likely than it hold less than p of the mass."""
+    probs = softmax(logits)
+    more_likely = probs[..., None, :] > probs[..., :, None]
+    mass_before = (more_likely * probs[..., None, :]).sum(axis=-1)
+    return np.where(mass_before < p, logits, -np.inf)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from numpy_reference import attention as np_attention
 
-from flax_transformer import fused_dot_product_attention, scaled_dot_product_attention
+from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
+from tests.numpy_reference import attention as np_attention
 
 RTOL = 1e-5
 

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from numpy_reference import positional_encoding as np_positional_encoding
 
-from flax_transformer import positional, sinusoidal_encoding_at, sinusoidal_position_encoding
+from flax_transformer import positional
+from flax_transformer.positional import sinusoidal_encoding_at, sinusoidal_position_encoding
+from tests.numpy_reference import positional_encoding as np_positional_encoding
 
 
 @pytest.mark.parametrize("d_model", [8, 16, 7, 1])

@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_tokens
-from numpy_reference import transformer_logits
 
 import flax_transformer as ft
-from flax_transformer import TokenEmbedding, Transformer, TransformerConfig
+from flax_transformer import Transformer, TransformerConfig
+from flax_transformer.layers import TokenEmbedding
+from tests.helpers import random_tokens
+from tests.numpy_reference import transformer_logits
 
 TINY = TransformerConfig.tiny()
 
@@ -60,7 +61,7 @@ def test_encode_then_decode_equals_forward(rng, tiny_params):
     encoded = ft.encode(TINY, tiny_params, source)
     assert encoded.shape == (3, 7, TINY.d_model)
     np.testing.assert_allclose(
-        ft.decode(TINY, tiny_params, encoded, source, target),
+        ft.decoder_logits(TINY, tiny_params, encoded, source, target),
         ft.forward(TINY, tiny_params, source, target),
         rtol=1e-6,
         atol=1e-6,
@@ -129,12 +130,12 @@ def test_source_padding_never_changes_logits(rng, tiny_params):
     padding = source == TINY.pad_id
     garbage[padding] = 1e3 * rng.standard_normal(garbage[padding].shape)
     np.testing.assert_array_equal(
-        ft.decode(TINY, tiny_params, garbage, source, target),
-        ft.decode(TINY, tiny_params, encoded, source, target),
+        ft.decoder_logits(TINY, tiny_params, garbage, source, target),
+        ft.decoder_logits(TINY, tiny_params, encoded, source, target),
     )
     # 3. tokens under a fixed padding mask never reach a real position of the encoder
     model = Transformer(TINY)
-    mask = ft.encoder_self_attention_mask(source)
+    mask = ft.masks.encoder_self_attention_mask(source)
     changed = np.where(
         source == TINY.pad_id, rng.integers(1, TINY.vocab_size, source.shape), source
     )
@@ -155,7 +156,7 @@ def test_scan_equals_unrolled_with_the_same_weights(rng, norm_position):
     config = TINY.replace(norm_position=norm_position, num_encoder_layers=3)
     scanned_config = config.replace(scan_layers=True)
     params = ft.init_params(config, jax.random.key(4))
-    stacked = ft.stack_layer_params(params)
+    stacked = ft.model.stack_layer_params(params)
     assert stacked["encoder"]["layers"]["feed_forward"]["hidden"]["kernel"].shape[0] == 3
     assert jax.tree.structure(stacked) == jax.tree.structure(
         ft.init_params(scanned_config, jax.random.key(4))
@@ -167,14 +168,14 @@ def test_scan_equals_unrolled_with_the_same_weights(rng, norm_position):
         rtol=1e-5,
         atol=1e-5,
     )
-    round_trip = ft.unstack_layer_params(stacked)
+    round_trip = ft.model.unstack_layer_params(stacked)
     chex.assert_trees_all_equal(round_trip, params)
 
     def loss(p, cfg):
         return Transformer(cfg).apply({"params": p}, source, target).sum()
 
     grads = jax.grad(loss)(params, config)
-    scanned_grads = ft.unstack_layer_params(jax.grad(loss)(stacked, scanned_config))
+    scanned_grads = ft.model.unstack_layer_params(jax.grad(loss)(stacked, scanned_config))
     chex.assert_trees_all_close(scanned_grads, grads, rtol=1e-4, atol=1e-5)
 
 
@@ -190,7 +191,7 @@ def test_remat_and_fused_attention_give_the_same_logits(rng, tiny_params):
         )
     scanned = TINY.replace(scan_layers=True, remat=True)
     np.testing.assert_allclose(
-        ft.forward(scanned, ft.stack_layer_params(tiny_params), source, target),
+        ft.forward(scanned, ft.model.stack_layer_params(tiny_params), source, target),
         reference,
         rtol=1e-5,
         atol=1e-5,
@@ -320,7 +321,7 @@ def test_packed_sequences_equal_separate_examples(tiny_params):
 def test_attention_maps_of_a_scanned_model(rng, tiny_params):
     config = TINY.replace(scan_layers=True, attention_implementation="fused")
     source, target = _batch(rng)
-    _, maps = ft.attention_weights(config, ft.stack_layer_params(tiny_params), source, target)
+    _, maps = ft.attention_weights(config, ft.model.stack_layer_params(tiny_params), source, target)
     _, unrolled_maps = ft.attention_weights(TINY, tiny_params, source, target)
     assert maps["decoder/layers/cross_attention"].shape == (2, 3, TINY.num_heads, 5, 7)
     np.testing.assert_allclose(

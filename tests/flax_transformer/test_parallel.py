@@ -2,7 +2,8 @@
 
 The main check needs 8 devices. On a CPU, JAX provides them only when
 `XLA_FLAGS=--xla_force_host_platform_device_count=8` is set before it starts, so this file also
-runs as a script (`python tests/test_parallel.py OUT.npz`): the module-scoped fixture starts it
+runs as a script (`PYTHONPATH=. python tests/flax_transformer/test_parallel.py OUT.npz` from the
+repository root, which must be on the path for `tests.helpers`): the module-scoped fixture starts it
 in a subprocess with that flag, the script runs every 8-device computation in one process (JAX
 start-up and each compilation cost seconds) and saves the numbers, and the tests compare them.
 The reference is always the single-device step on the same global batch.
@@ -25,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import random_tokens
 
 from flax_transformer import training
 from flax_transformer.config import TransformerConfig
 from flax_transformer.model import Transformer
 from flax_transformer.parallel import DataParallel
+from tests.helpers import random_tokens
 
+ROOT = Path(__file__).resolve().parents[2]
 NUM_DEVICES = 8
 GLOBAL_BATCH = 16
 TRAIN_STEPS = 3
@@ -333,7 +335,9 @@ def eight_device_run(
     flags = (
         f"--xla_force_host_platform_device_count={NUM_DEVICES} --xla_backend_optimization_level=0"
     )
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    # The repository root first on the path: `tests.helpers`, and this checkout's packages.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, __file__, str(output)], env=env, stdout=log, stderr=log

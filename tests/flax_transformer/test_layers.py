@@ -6,15 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy_reference import as64, decoder_layer, encoder_layer, feed_forward, multi_head_attention
 
-from flax_transformer import (
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    MultiHeadAttention,
-    TransformerConfig,
-    masks,
+from flax_transformer import masks
+from flax_transformer.config import TransformerConfig
+from flax_transformer.layers import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention
+from tests.numpy_reference import (
+    as64,
+    decoder_layer,
+    encoder_layer,
+    feed_forward,
+    multi_head_attention,
 )
 
 CONFIG = TransformerConfig.tiny(d_model=16, num_heads=4, d_ff=24)

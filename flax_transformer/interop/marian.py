@@ -39,8 +39,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_transformer.api import init_params
 from flax_transformer.config import TransformerConfig
+from flax_transformer.model import init_params
 from flax_transformer.positional import sinusoidal_table_float64
 
 PathLike = str | os.PathLike

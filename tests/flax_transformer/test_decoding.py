@@ -1,5 +1,6 @@
-"""Decoding against independent references: a plain Python loop over the uncached forward pass,
-brute-force enumeration of every output, float64 NumPy scores and NumPy filters."""
+"""The Transformer's decoders against independent references: a plain Python loop over the
+uncached forward pass, brute-force enumeration of every output, float64 NumPy scores and NumPy
+filters. (The searches themselves, on a toy step function: test_search.py.)"""
 
 from __future__ import annotations
 
@@ -8,22 +9,23 @@ import itertools
 import jax
 import numpy as np
 import pytest
-from helpers import random_tokens
-from numpy_reference import transformer_logits
 
 import flax_transformer as ft
 from flax_transformer import masks
 from flax_transformer.decoding import (
+    banned_id,
     beam_search,
+    cached_step,
     decode_step,
     greedy_decode,
     greedy_decode_uncached,
     init_cache,
+    output_length_limits,
     sample_decode,
-    strip_after_eos,
-    top_k_filter,
-    top_p_filter,
+    uncached_step,
 )
+from tests.helpers import random_tokens
+from tests.numpy_reference import softmax, top_k_filter, top_p_filter, transformer_logits
 
 CONFIG = ft.TransformerConfig.tiny(vocab_size=12, num_encoder_layers=1, num_decoder_layers=1)
 BOS, EOS = 1, 2
@@ -133,6 +135,43 @@ def test_decode_step_reads_the_source_only_through_the_cache(params, source) -> 
 
 
 # ---------------------------------------------------------------------------------------------
+# The adapter: the model as a step function of flax_transformer.search
+# ---------------------------------------------------------------------------------------------
+def test_output_length_limits_by_hand() -> None:
+    source = np.array([[5, 6, 0, 0], [5, 6, 7, 8]], np.int32)  # 2 and 4 tokens: 52 and 54
+    np.testing.assert_array_equal(output_length_limits(CONFIG, source, 53), [52, 53])
+    np.testing.assert_array_equal(output_length_limits(CONFIG, source, 9), [9, 9])
+
+
+def test_the_pad_id_is_banned_unless_it_is_the_eos_id() -> None:
+    assert banned_id(CONFIG, eos_id=EOS) == CONFIG.pad_id == 0
+    assert banned_id(CONFIG.replace(pad_id=EOS), eos_id=EOS) is None
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_step_functions_give_the_forward_pass_logits(params, source, copies) -> None:
+    """Both step functions, fed a teacher-forced target, against the full forward pass; the
+    cached one carries only the self-attention cache, with `copies` rows per sentence."""
+    rng = np.random.default_rng(5)
+    target = rng.integers(1, CONFIG.vocab_size, size=(len(source), 3)).astype(np.int32)
+    full = np.asarray(ft.forward(CONFIG, params, source, target))
+    rows = np.repeat(np.arange(len(source)), copies)
+    step, cache = cached_step(CONFIG, params, source, 4, copies=copies)
+    assert jax.tree.structure(cache) == jax.tree.structure(
+        init_cache(CONFIG, params, source, 4).self_attention
+    )
+    cache = jax.tree.map(lambda leaf: np.repeat(leaf, copies, axis=0), cache)
+    reference_step, buffer = uncached_step(CONFIG, params, source, 4)
+    np.testing.assert_array_equal(buffer, np.full((len(source), 4), CONFIG.pad_id))
+    for t in range(target.shape[1]):
+        logits, cache = step(jax.numpy.asarray(target[rows, t]), cache, t)
+        np.testing.assert_allclose(logits, full[rows, t], rtol=1e-5, atol=1e-5)
+        logits, buffer = reference_step(jax.numpy.asarray(target[:, t]), buffer, t)
+        np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(buffer[:, :3], target)  # the buffer holds the inputs fed
+
+
+# ---------------------------------------------------------------------------------------------
 # Greedy decoding
 # ---------------------------------------------------------------------------------------------
 def python_loop_greedy(params, source: np.ndarray, max_length: int) -> list[list[int]]:
@@ -172,7 +211,7 @@ def test_cached_greedy_equals_uncached_greedy(eos_biased_params, source, scanned
     config, weights = CONFIG, eos_biased_params
     if scanned:
         config = CONFIG.replace(scan_layers=True, attention_implementation="fused")
-        weights = ft.stack_layer_params(weights)
+        weights = ft.model.stack_layer_params(weights)
     for max_length in (None, MAX_LENGTH):
         cached = greedy_decode(
             config, weights, source, bos_id=BOS, eos_id=EOS, max_length=max_length
@@ -235,11 +274,6 @@ def test_results_do_not_depend_on_other_rows_or_padding(eos_biased_params, sourc
             np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, err_msg=name)
         for expected, got in zip(jax.tree.leaves(base), jax.tree.leaves(padded), strict=True):
             np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=name)
-
-
-def test_strip_after_eos() -> None:
-    tokens = np.array([[5, 6, EOS, 7, 0], [5, 0, 6, 0, 0], [EOS, 0, 0, 0, 0]])
-    assert strip_after_eos(tokens, EOS, 0) == [[5, 6], [5, 6], []]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,47 +423,6 @@ def test_beam_search_scores_are_correct_and_sorted(
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
-def numpy_top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep a logit when fewer than k logits of its row are larger."""
-    larger = (logits[..., None, :] > logits[..., :, None]).sum(axis=-1)
-    return np.where(larger < k, logits, -np.inf)
-
-
-def numpy_top_p(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep a token when the tokens strictly more likely than it hold less than p of the mass."""
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    more_likely = probs[..., None, :] > probs[..., :, None]
-    mass_before = (more_likely * probs[..., None, :]).sum(axis=-1)
-    return np.where(mass_before < p, logits, -np.inf)
-
-
-def numpy_softmax(logits: np.ndarray) -> np.ndarray:
-    exps = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exps / exps.sum(axis=-1, keepdims=True)
-
-
-def test_top_k_filter_matches_numpy() -> None:
-    logits = np.random.default_rng(3).standard_normal((5, 12)).astype(np.float32)
-    for k in (1, 3, 12):
-        np.testing.assert_array_equal(top_k_filter(logits, k), numpy_top_k(logits, k))
-    np.testing.assert_array_equal(top_k_filter(logits, 0), logits)  # 0 = off
-    tied = np.array([[1.0, 3.0, 2.0, 3.0, 2.0]], np.float32)
-    np.testing.assert_array_equal(top_k_filter(tied, 3), [[-np.inf, 3.0, 2.0, 3.0, 2.0]])
-
-
-def test_top_p_filter_matches_numpy() -> None:
-    logits = np.random.default_rng(4).standard_normal((5, 12)).astype(np.float32) * 2
-    probs = numpy_softmax(logits.astype(np.float64))
-    for p in (1e-6, 0.3, 0.75, 0.95):
-        # The premise: no token sits at the boundary, where float32 rounding could decide.
-        cumulative = np.cumsum(-np.sort(-probs, axis=-1), axis=-1)
-        assert np.abs(cumulative - p).min() > 1e-4
-        np.testing.assert_array_equal(top_p_filter(logits, p), numpy_top_p(logits, p))
-    np.testing.assert_array_equal(top_p_filter(logits, 1.0), logits)  # 1 = off
-    assert (np.isfinite(np.asarray(top_p_filter(logits, 1e-6))).sum(axis=-1) == 1).all()
-
-
 def test_sampling_without_randomness_is_greedy(eos_biased_params, source) -> None:
     greedy = greedy_decode(
         CONFIG, eos_biased_params, source, bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH
@@ -483,8 +476,8 @@ def test_first_token_frequencies_match_the_filtered_softmax(params, settings) ->
     logits = logits[0, 0] / settings.get("temperature", 1.0)
     logits[CONFIG.pad_id] = -np.inf  # the decoders never write padding
     top_k = settings.get("top_k", 0) or CONFIG.vocab_size  # 0 = off: keep all
-    logits = numpy_top_p(numpy_top_k(logits, top_k), settings.get("top_p", 1.0))
-    expected = numpy_softmax(logits)
+    logits = top_p_filter(top_k_filter(logits, top_k), settings.get("top_p", 1.0))
+    expected = softmax(logits)
     sampled = sample_decode(
         CONFIG, params, source, jax.random.key(3), bos_id=BOS, eos_id=EOS, max_length=1, **settings
     )

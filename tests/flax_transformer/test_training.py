@@ -16,10 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import random_tokens
 from hypothesis import given
 from hypothesis import strategies as st
-from numpy_reference import transformer_logits
 
 import flax_transformer as ft
 from flax_transformer import Transformer, TransformerConfig
@@ -34,6 +32,8 @@ from flax_transformer.training import (
     transformer_schedule,
     with_cooldown,
 )
+from tests.helpers import random_tokens
+from tests.numpy_reference import transformer_logits
 
 # tiny() with one layer per stack: the same code paths as two layers at half the compile time.
 TINY = TransformerConfig.tiny(num_encoder_layers=1, num_decoder_layers=1)  # dropout 0.1

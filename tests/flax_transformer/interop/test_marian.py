@@ -1,4 +1,4 @@
-"""MarianMT import: flax_transformer.marian and `python -m train.convert_marian`.
+"""MarianMT import: flax_transformer.interop.marian and `python -m train.convert_marian`.
 
 Without the reference stack: the new model options against NumPy float64 (SiLU, exact GELU, the
 final-logits bias), config refusals naming the field, tensor checks, the decoders' pad ban, the
@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 import flax_transformer as ft
-from flax_transformer import marian
-from flax_transformer.marian import MarianTokenizer, UnsupportedCheckpointError
+from flax_transformer.interop import marian
+from flax_transformer.interop.marian import MarianTokenizer, UnsupportedCheckpointError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 MULTI30K = Path(os.environ.get("MULTI30K_DIR", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
 
 
@@ -94,7 +94,7 @@ def test_silu_and_exact_gelu_match_their_formulas():
 
 def test_feed_forward_uses_the_configured_activation():
     config = ft.TransformerConfig.tiny(activation="silu")
-    module = ft.FeedForward(config)
+    module = ft.layers.FeedForward(config)
     x = np.random.default_rng(0).normal(size=(2, 3, config.d_model)).astype(np.float32)
     params = module.init(jax.random.key(0), x)["params"]
     hidden = x.astype(np.float64) @ np.asarray(params["hidden"]["kernel"], np.float64)

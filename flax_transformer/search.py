@@ -1,0 +1,393 @@
+"""Searching for output sequences, for any model that scores the next token (paper section 6.1).
+
+    greedy_search    the most likely next token at every step
+    sample_search    ancestral sampling, with temperature, top-k and top-p filtering
+    beam_search      beam search with the GNMT length penalty (paper: beam 4, alpha 0.6)
+
+Nothing here knows the Transformer: a search calls a step function
+
+    tokens_to_logits(tokens int32 [rows], cache, step int32 scalar)
+        -> (float32 logits [rows, vocab] of the token after `tokens`, the updated cache)
+
+where `tokens` are the inputs at position `step` (the start token at step 0, then the previous
+outputs) and `cache` is any pytree whose leaves all have the rows axis first: the searches never
+look inside it, and beam search reorders its rows when hypotheses change places.
+`flax_transformer.decoding` builds this function from a Transformer and its parameters.
+
+Every search runs a batch of `batch` independent rows in one `jax.lax.while_loop` and stops once
+every row is done. Row i ends at `eos_id` or after `length_limits[i]` tokens (at most
+`max_length`, the static length of the output buffer); after its end a row holds `pad_id`. The
+start token `bos_id` is not part of the output. `banned_id` (None: none) is a token no search
+ever writes: greedy and sampling set its logit to -inf, beam search its log-probability (after
+log_softmax, so the other tokens' probabilities are unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+StepFunction = Callable[[Array, Any, Array], tuple[Array, Any]]
+
+# When a sentence's beam search is over (see `beam_search`).
+BEAM_STOP_RULES = ("finished", "bound")
+
+NEG_INF = -jnp.inf
+
+
+def ban_token(scores: Array, banned_id: int | None) -> Array:
+    """Scores [..., vocab] with the banned id's set to -inf (None: unchanged)."""
+    if banned_id is None:
+        return scores
+    return scores.at[..., banned_id].set(NEG_INF)
+
+
+def repeat_rows(tree: Any, copies: int) -> Any:
+    """Every leaf [rows, ...] -> [rows * copies, ...]: row r * copies + k is a copy of row r."""
+    return jax.tree.map(lambda leaf: jnp.repeat(leaf, copies, axis=0), tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy search and sampling: one token per row and step
+# ---------------------------------------------------------------------------------------------
+def token_by_token(
+    tokens_to_logits: StepFunction,
+    cache: Any,
+    choose_token: Callable[[Array, Array], Array],
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_length: int,
+    length_limits: Array,
+    banned_id: int | None = None,
+) -> Array:
+    """The decoding loop of greedy search and sampling: output tokens int32 [batch, max_length].
+
+    choose_token(logits [batch, vocab], step) -> int32 [batch] picks each row's next token from
+    the logits with `banned_id` removed. A finished row is fed and writes `pad_id`.
+    """
+    batch = length_limits.shape[0]
+    outputs = jnp.full((batch, max_length), pad_id, jnp.int32)
+    previous = jnp.full((batch,), bos_id, jnp.int32)
+    finished = jnp.zeros((batch,), bool)
+
+    def not_done(state: tuple[Any, ...]) -> Array:
+        step, _, _, finished, _ = state
+        return (step < max_length) & ~jnp.all(finished)
+
+    def one_token(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        step, previous, outputs, finished, cache = state
+        logits, cache = tokens_to_logits(previous, cache, step)
+        token = choose_token(ban_token(logits, banned_id), step)
+        token = jnp.where(finished, pad_id, token)
+        outputs = jax.lax.dynamic_update_index_in_dim(outputs, token, step, axis=1)
+        finished = finished | (token == eos_id) | (step + 1 >= length_limits)
+        return step + 1, token, outputs, finished, cache
+
+    state = (jnp.int32(0), previous, outputs, finished, cache)
+    _, _, outputs, _, _ = jax.lax.while_loop(not_done, one_token, state)
+    return outputs
+
+
+def greedy_search(tokens_to_logits: StepFunction, cache: Any, **loop: Any) -> Array:
+    """The most likely token at every step: int32 [batch, max_length].
+
+    Keyword arguments as in `token_by_token` (bos_id, eos_id, pad_id, max_length,
+    length_limits, banned_id).
+    """
+
+    def most_likely(logits: Array, step: Array) -> Array:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return token_by_token(tokens_to_logits, cache, most_likely, **loop)
+
+
+def top_k_filter(logits: Array, k: int) -> Array:
+    """Keep the k largest logits of each row (and any tied with the k-th), set the rest to -inf.
+
+    k = 0 leaves the logits unchanged. `k` is a Python int (it fixes a shape).
+    """
+    if k == 0:
+        return logits
+    # The k-th largest as the min of the top k: indexing [..., -1] instead stops XLA from using
+    # its top-k kernel on CPU (it falls back to a full sort).
+    kth_largest = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)
+    return jnp.where(logits >= kth_largest, logits, NEG_INF)
+
+
+def top_p_filter(logits: Array, p: float) -> Array:
+    """Nucleus filtering (Holtzman et al., 2020): keep the most likely tokens of each row whose
+    probabilities first sum to at least p (at least one token, and any tied with the last kept
+    one); set the rest to -inf. p = 1 leaves the logits unchanged.
+
+    A token is kept when the tokens strictly more likely than it hold less than p of the mass.
+    """
+    if p >= 1.0:
+        return logits
+    descending = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(descending, axis=-1)
+    # Exclusive cumulative sum: the mass of the tokens before each one in descending order.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = mass_before < p
+    smallest_kept = jnp.min(jnp.where(kept, descending, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= smallest_kept, logits, NEG_INF)
+
+
+def sample_search(
+    tokens_to_logits: StepFunction,
+    cache: Any,
+    rng: Array,
+    *,
+    temperature: Array | float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    **loop: Any,
+) -> Array:
+    """Ancestral sampling: int32 [batch, max_length].
+
+    Each step samples from softmax(logits / temperature) restricted to the `top_k` most likely
+    tokens (0: all) and then to the nucleus of probability `top_p` (1.0: all), renormalised.
+    Row i at step t uses the key fold_in(fold_in(rng, t), i): the same rng gives the same
+    output, and a row's samples do not depend on the other rows. top_k and top_p are Python
+    numbers (they fix shapes); other keyword arguments as in `token_by_token`.
+    """
+    rows = jnp.arange(loop["length_limits"].shape[0])
+
+    def sample(logits: Array, step: Array) -> Array:
+        logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+        # One key per row and step, so that a row's samples do not depend on the batch size.
+        step_key = jax.random.fold_in(rng, step)
+        row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows)
+        return jax.vmap(jax.random.categorical)(row_keys, logits).astype(jnp.int32)
+
+    return token_by_token(tokens_to_logits, cache, sample, **loop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam search
+# ---------------------------------------------------------------------------------------------
+def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
+    """lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al., 2016); |Y| counts the output tokens, eos
+    included. Beam search ranks finished hypotheses by sum log p / lp(Y)."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+@struct.dataclass
+class BeamState:
+    """The loop state of `beam_search`, for `batch` sentences with `beam` hypotheses each.
+
+    step             int32 scalar: the tokens each alive hypothesis has produced
+    alive_tokens     [batch, beam, max_length + 1]: the start token, then the outputs
+    alive_log_probs  [batch, beam]: sum of log p of each alive hypothesis (-inf: none)
+    cache            the step function's cache with batch * beam rows (row b * beam + k: beam k
+                     of sentence b)
+    finished_tokens  [batch, beam, max_length + 1]: hypotheses that ended, best first
+    finished_scores  [batch, beam]: their sum log p / lp(length) (-inf: empty slot)
+    finished_flags   [batch, beam] bool: the slot holds a finished hypothesis
+    """
+
+    step: Array
+    alive_tokens: Array
+    alive_log_probs: Array
+    cache: Any
+    finished_tokens: Array
+    finished_scores: Array
+    finished_flags: Array
+
+
+def _gather_beams(values: Array, beam_indices: Array) -> Array:
+    """values [batch, beam, ...], beam_indices [batch, n] -> [batch, n, ...]."""
+    indices = beam_indices.reshape(beam_indices.shape + (1,) * (values.ndim - 2))
+    return jnp.take_along_axis(values, indices, axis=1)
+
+
+def _reorder_rows(cache: Any, beam_indices: Array) -> Any:
+    """Row b * beam + k of the new cache continues beam beam_indices[b, k] of sentence b."""
+    beam_size = beam_indices.shape[1]
+
+    def reorder(rows: Array) -> Array:
+        per_sentence = rows.reshape((-1, beam_size) + rows.shape[1:])
+        return _gather_beams(per_sentence, beam_indices).reshape(rows.shape)
+
+    return jax.tree.map(reorder, cache)
+
+
+def beam_init(
+    cache: Any, *, batch: int, beam_size: int, bos_id: int, pad_id: int, max_length: int
+) -> BeamState:
+    """The state before the first step: every beam of a sentence is the start token alone.
+
+    `cache` has one row per sentence; each of its beams gets a copy (`repeat_rows`). All beams
+    start identical, so only beam 0 is alive (log p 0, the others -inf): otherwise the first
+    step would fill the beam with copies of the same hypothesis.
+    """
+    start = jnp.full((batch, beam_size, max_length + 1), pad_id, jnp.int32)
+    start = start.at[:, :, 0].set(bos_id)
+    first_beam_only = jnp.where(jnp.arange(beam_size) == 0, 0.0, NEG_INF)
+    return BeamState(
+        step=jnp.int32(0),
+        alive_tokens=start,
+        alive_log_probs=jnp.broadcast_to(first_beam_only, (batch, beam_size)),
+        cache=repeat_rows(cache, beam_size),
+        finished_tokens=start,
+        finished_scores=jnp.full((batch, beam_size), NEG_INF),
+        finished_flags=jnp.zeros((batch, beam_size), bool),
+    )
+
+
+def beam_done(state: BeamState, *, length_limits: Array, alpha: Array, stop: str) -> Array:
+    """bool [batch]: the sentence's search is over (see `stop` in `beam_search`).
+
+    Always when its hypotheses have reached the row's length limit or none is alive. Then
+    "finished": every one of the row's beam finished slots holds a hypothesis.
+    "bound": extending a hypothesis only lowers its log-probability (log p <= 0), so the best
+    score an alive hypothesis can still reach is its log-probability divided by the largest
+    length penalty it can reach; when that is below the worst kept finished score, no alive
+    hypothesis can enter the finished ones any more.
+    """
+    reached_limit = state.step >= length_limits
+    best_alive = jnp.max(state.alive_log_probs, axis=1)
+    beam_finished = jnp.all(state.finished_flags, axis=1)
+    if stop == "finished":
+        return reached_limit | (best_alive == NEG_INF) | beam_finished
+    largest_penalty = jnp.maximum(
+        gnmt_length_penalty(state.step + 1, alpha), gnmt_length_penalty(length_limits, alpha)
+    )
+    worst_finished = jnp.min(state.finished_scores, axis=1)
+    cannot_improve = beam_finished & (best_alive / largest_penalty < worst_finished)
+    return reached_limit | (best_alive == NEG_INF) | cannot_improve
+
+
+def beam_step(
+    state: BeamState,
+    tokens_to_logits: StepFunction,
+    *,
+    eos_id: int,
+    length_limits: Array,
+    alpha: Array,
+    stop: str,
+    banned_id: int | None = None,
+) -> BeamState:
+    """One expansion: every alive hypothesis extended by every token, the best ones kept.
+
+    Of the 2 * beam best extensions (best first), those of the first `beam` that end (eos, or
+    the row's length limit) are finished, and the best `beam` of the kept finished hypotheses
+    and the new ones are kept. The alive beam is refilled with the best `beam` extensions that
+    do not end: at most one extension per beam ends in eos, so there are always enough. A row
+    that was already done (`beam_done`) keeps its finished hypotheses unchanged.
+    """
+    batch, beam_size = state.alive_log_probs.shape
+    step = state.step
+    previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, step, axis=2, keepdims=False)
+    logits, cache = tokens_to_logits(previous.reshape(-1), state.cache, step)
+    log_probs = ban_token(jax.nn.log_softmax(logits), banned_id)
+    vocab = log_probs.shape[-1]
+    log_probs = log_probs.reshape(batch, beam_size, vocab)
+    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch, -1)
+
+    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * beam_size)
+    top_beams, top_tokens = top_indices // vocab, top_indices % vocab
+    top_sequences = jax.lax.dynamic_update_index_in_dim(
+        _gather_beams(state.alive_tokens, top_beams), top_tokens, step + 1, axis=2
+    )
+    length = step + 1
+    exists = top_log_probs > NEG_INF
+    ends = exists & ((top_tokens == eos_id) | (length >= length_limits[:, None]))
+    in_beam = jnp.arange(2 * beam_size) < beam_size
+    finishes = ends & in_beam
+
+    # Alive: the best `beam` extensions that do not end.
+    alive_log_probs, alive_picks = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), beam_size)
+    alive_tokens = _gather_beams(top_sequences, alive_picks)
+    cache = _reorder_rows(cache, jnp.take_along_axis(top_beams, alive_picks, axis=1))
+
+    # Finished: the best `beam` of the kept finished hypotheses and the new ones.
+    new_scores = jnp.where(finishes, top_log_probs / gnmt_length_penalty(length, alpha), NEG_INF)
+    scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
+    finished_scores, finished_picks = jax.lax.top_k(scores, beam_size)
+    finished_tokens = _gather_beams(
+        jnp.concatenate([state.finished_tokens, top_sequences], axis=1), finished_picks
+    )
+    finished_flags = jnp.take_along_axis(
+        jnp.concatenate([state.finished_flags, finishes], axis=1), finished_picks, axis=1
+    )
+    # A done row keeps what it has (nothing better can come; this also holds under rounding).
+    done = beam_done(state, length_limits=length_limits, alpha=alpha, stop=stop)
+    return BeamState(
+        step=step + 1,
+        alive_tokens=alive_tokens,
+        alive_log_probs=alive_log_probs,
+        cache=cache,
+        finished_tokens=jnp.where(done[:, None, None], state.finished_tokens, finished_tokens),
+        finished_scores=jnp.where(done[:, None], state.finished_scores, finished_scores),
+        finished_flags=jnp.where(done[:, None], state.finished_flags, finished_flags),
+    )
+
+
+def beam_search(
+    tokens_to_logits: StepFunction,
+    cache: Any,
+    *,
+    beam_size: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_length: int,
+    length_limits: Array,
+    alpha: Array | float,
+    stop: str = "finished",
+    banned_id: int | None = None,
+) -> tuple[Array, Array]:
+    """Beam search: (tokens int32 [batch, beam_size, max_length], scores float32 [batch, beam]).
+
+    `cache` has one row per sentence (`beam_init` copies it for each beam, so `tokens_to_logits`
+    sees batch * beam_size rows). Hypotheses are ranked best first by sum log p / lp(Y) with
+    the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha, |Y| counting eos; one that
+    reaches its row's length limit without eos is kept like any other. `beam_step` expands,
+    `beam_done` decides when a sentence is over: at its length limit, or by the `stop` rule:
+
+    - "finished": when all `beam_size` of the row's beams have finished, as in fairseq and
+      Marian. Beam size 1 is then exactly greedy search.
+    - "bound": when no alive hypothesis can still beat the worst kept finished one, whatever
+      length it reaches (tensor2tensor, which the paper used, and the Flax WMT example). It
+      never stops before the best-scoring hypothesis the beam can reach is found, but with
+      alpha > 0 it searches longer: a longer hypothesis might still score better. It can return
+      a better-normalised hypothesis than "finished", never a worse one; with alpha 0 the two
+      rules agree for beam size 1.
+    Slots left empty (only when fewer than beam_size distinct outputs exist) have score -inf
+    and `pad_id` tokens. beam_size, max_length and stop are Python values (they fix shapes).
+    """
+    state = beam_init(
+        cache,
+        batch=length_limits.shape[0],
+        beam_size=beam_size,
+        bos_id=bos_id,
+        pad_id=pad_id,
+        max_length=max_length,
+    )
+    rules = {"length_limits": length_limits, "alpha": alpha, "stop": stop}
+
+    def not_done(state: BeamState) -> Array:
+        return (state.step < max_length) & ~jnp.all(beam_done(state, **rules))
+
+    def expand(state: BeamState) -> BeamState:
+        return beam_step(state, tokens_to_logits, eos_id=eos_id, banned_id=banned_id, **rules)
+
+    state = jax.lax.while_loop(not_done, expand, state)
+    return state.finished_tokens[:, :, 1:], state.finished_scores
+
+
+def strip_after_eos(tokens: Any, eos_id: int, pad_id: int) -> list[list[int]]:
+    """Token rows -> Python lists ending before the first eos (pad ids dropped). Host-side."""
+    rows = []
+    for row in jax.device_get(tokens).tolist():
+        if eos_id in row:
+            row = row[: row.index(eos_id)]
+        rows.append([token for token in row if token != pad_id])
+    return rows
