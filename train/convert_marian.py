@@ -79,8 +79,8 @@ def download(name: str) -> str:
 def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dict:
     """Write `workdir` from a MarianMT directory; returns a summary."""
     import jax
-    from flax_transformer.interop.marian import load_marian
 
+    from flax_transformer.interop.marian import load_marian
     from flax_transformer.model import count_params
     from train.data.vocabulary import MARIAN_TOKENIZER_FILES, MarianVocabulary
     from train.workdir import Workdir

@@ -77,14 +77,15 @@ def main(argv: list[str]) -> int:
     }
     with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as file:
         json.dump(result, file, indent=2)
-    print(
+    lines = [
         f"{split.name}: {len(hypotheses)} sentences, {run.describe()}, {options.describe()}, "
-        f"decoded in {seconds:.1f} s\n"
-        f"BLEU = {scores['bleu']:.2f}   ({scores['bleu_text']})\n"
-        f"chrF = {scores['chrf']:.2f}\n"
-        f"signatures: {scores['bleu_signature']}  |  {scores['chrf_signature']}\n"
-        f"hypotheses: {output}"
-    )
+        f"decoded in {seconds:.1f} s",
+        f"BLEU = {scores['bleu']:.2f}   ({scores['bleu_text']})",
+        f"chrF = {scores['chrf']:.2f}",
+        f"signatures: {scores['bleu_signature']}  |  {scores['chrf_signature']}",
+        f"hypotheses: {output}",
+    ]
+    print("\n".join(lines))
     return 0
 
 

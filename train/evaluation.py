@@ -22,7 +22,8 @@ import jax
 import numpy as np
 import sacrebleu
 
-from flax_transformer import TransformerConfig, decoding
+from flax_transformer import TransformerConfig, checks, decoding
+from flax_transformer.search import BEAM_STOP_RULES, strip_after_eos
 from flax_transformer.training import summarize_metrics
 
 DECODING_METHODS = ("greedy", "beam", "sample")
@@ -39,7 +40,7 @@ class DecodingOptions:
     method: str = "beam"
     beam_size: int = 4
     length_penalty: float = 0.6
-    beam_stop: str = "finished"  # see flax_transformer.decoding.beam_search
+    beam_stop: str = "finished"  # one of BEAM_STOP_RULES: see flax_transformer.decoding.beam_search
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -47,16 +48,22 @@ class DecodingOptions:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
+        """Checked once, when the options are made, with the library's own checks."""
         if self.method not in DECODING_METHODS:
             raise ValueError(
                 f"decoding method must be one of {list(DECODING_METHODS)}, got {self.method!r}"
             )
-        if self.beam_size < 1:
+        if not checks.is_int(self.beam_size) or self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if self.beam_stop not in decoding.BEAM_STOP_RULES:
+        try:
+            checks.check_stop_rule(self.beam_stop)
+        except ValueError:
             raise ValueError(
-                f"beam_stop must be one of {list(decoding.BEAM_STOP_RULES)}, got {self.beam_stop!r}"
-            )
+                f"beam_stop must be one of {list(BEAM_STOP_RULES)}, got {self.beam_stop!r}"
+            ) from None
+        checks.check_length_penalty(self.length_penalty)
+        checks.check_temperature(self.temperature)
+        checks.check_top_p(self.top_p)
 
     def describe(self) -> str:
         if self.method == "beam":
@@ -85,32 +92,16 @@ def generate_tokens(
     """Output token ids [batch, length] for one batch of source ids (the best beam for beam
     search). `batch_index` varies the sampling key from batch to batch."""
     common = dict(bos_id=bos_id, eos_id=eos_id, max_length=options.max_length, check_inputs=False)
+    model = (model_config, params, source)
     if options.method == "greedy":
-        return np.asarray(decoding.greedy_decode(model_config, params, source, **common))
+        return np.asarray(decoding.greedy_decode(*model, **common))
     if options.method == "beam":
-        tokens, _ = decoding.beam_search(
-            model_config,
-            params,
-            source,
-            beam_size=options.beam_size,
-            length_penalty=options.length_penalty,
-            stop=options.beam_stop,
-            **common,
-        )
+        beams = dict(beam_size=options.beam_size, length_penalty=options.length_penalty)
+        tokens, _ = decoding.beam_search(*model, stop=options.beam_stop, **beams, **common)
         return np.asarray(tokens[:, 0])
     rng = jax.random.fold_in(jax.random.key(options.seed), batch_index)
-    return np.asarray(
-        decoding.sample_decode(
-            model_config,
-            params,
-            source,
-            rng,
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            **common,
-        )
-    )
+    filters = dict(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
+    return np.asarray(decoding.sample_decode(*model, rng, **filters, **common))
 
 
 def translate_batches(
@@ -132,7 +123,7 @@ def translate_batches(
             options=options,
             batch_index=batch_index,
         )
-        rows = decoding.strip_after_eos(tokens, vocabulary.eos_id, vocabulary.pad_id)
+        rows = strip_after_eos(tokens, vocabulary.eos_id, vocabulary.pad_id)
         for row, index in enumerate(batch["example_index"]):
             if index >= 0:
                 outputs[int(index)] = vocabulary.decode(rows[row])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from flax_transformer import decoding
+from flax_transformer.search import BEAM_STOP_RULES
 from train.evaluation import DECODING_METHODS, DecodingOptions
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run of `python -m train`.")
@@ -26,7 +26,7 @@ LENGTH_PENALTY = flags.DEFINE_float(
 BEAM_STOP = flags.DEFINE_enum(
     "beam_stop",
     "finished",
-    list(decoding.BEAM_STOP_RULES),
+    list(BEAM_STOP_RULES),
     "When a sentence's beam search ends: 'finished' (all beams have finished; beam size 1 is "
     "greedy) or 'bound' (no alive hypothesis can still win: tensor2tensor's rule, slower).",
 )

@@ -38,6 +38,7 @@ import bisect
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -251,59 +252,24 @@ class FixedRowsBatches(InfiniteBatches):
     def shapes(self) -> list[tuple[int, int]]:
         return [(self.batch_size, max(self.source_length, self.target_length))]
 
+    def _rows(self, split: TokenizedSplit, indices: Sequence[int], num_rows: int) -> Batch:
+        return unpacked_batch(
+            split, indices, num_rows, self.source_length, self.pad_id, self.bos_id,
+            target_length=self.target_length,
+        )  # fmt: skip
+
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             raise IndexError(f"step must be >= 0, got {step}")
-        return unpacked_batch(
-            self.split,
-            self._indices[int(step)],
-            self.batch_size,
-            self.source_length,
-            self.pad_id,
-            self.bos_id,
-            target_length=self.target_length,
-        )
+        return self._rows(self.split, self._indices[int(step)], self.batch_size)
 
-
-class PaddedBatches(InfiniteBatches):
-    """The baseline: `batch_tokens // max_length` rows, every row padded to `max_length`."""
-
-    def __init__(
-        self,
-        split: TokenizedSplit,
-        *,
-        batch_tokens: int,
-        max_length: int,
-        pad_id: int,
-        bos_id: int,
-        seed: int,
-        row_multiple: int = 1,
-    ) -> None:
-        check_batch_tokens(batch_tokens, row_multiple)
-        longest = int(split.lengths.max())
-        if longest > max_length:
-            raise ValueError(
-                f"a pair is {longest} tokens long, longer than max_length {max_length}"
-            )
-        self.split, self.length = split, max_length
-        self.rows = rows_for(batch_tokens, max_length, row_multiple)
-        self.pad_id, self.bos_id, self.seed = pad_id, bos_id, seed
-        self._num_batches = -(-len(split) // self.rows)
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        return [(self.rows, self.length)]
-
-    @functools.lru_cache(maxsize=2)  # noqa: B019 (two epochs live at a time; objects are few)
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
-        order = epoch_rng(self.seed, epoch).permutation(len(self.split))
-        return [
-            unpacked_batch(self.split, chunk, self.rows, self.length, self.pad_id, self.bos_id)
-            for chunk in np.array_split(order, np.arange(self.rows, len(order), self.rows))
-        ]
+    def evaluation_batches(self, split: TokenizedSplit, batch_size: int) -> list[Batch]:
+        """Every pair of `split` once, in order, in batches of `batch_size` rows of this shape
+        (one compilation); the last batch is completed with filler rows. With "example_index"
+        and "example_mask" as in `evaluation_batches`."""
+        order = np.arange(len(split))
+        chunks = np.array_split(order, np.arange(batch_size, len(order), batch_size))
+        return [_indexed(self._rows(split, chunk, batch_size), split, chunk) for chunk in chunks]
 
 
 class BucketedBatches(InfiniteBatches):
@@ -361,6 +327,28 @@ class BucketedBatches(InfiniteBatches):
         return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class PaddedBatches(BucketedBatches):
+    """The baseline: one bucket, `max_length`: `batch_tokens // max_length` rows, every row padded
+    to `max_length`, the pairs of a batch drawn from the whole shuffled epoch."""
+
+    def __init__(self, split: TokenizedSplit, *, max_length: int, **batch_args: Any) -> None:
+        longest = int(split.lengths.max())
+        if longest > max_length:
+            raise ValueError(
+                f"a pair is {longest} tokens long, longer than max_length {max_length}"
+            )
+        super().__init__(split, bucket_lengths=[max_length], **batch_args)
+        ((self.length, self.rows, _),) = self.buckets
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019
+    def _epoch_batches(self, epoch: int) -> list[Batch]:
+        order = epoch_rng(self.seed, epoch).permutation(len(self.split))
+        return [
+            unpacked_batch(self.split, chunk, self.rows, self.length, self.pad_id, self.bos_id)
+            for chunk in np.array_split(order, np.arange(self.rows, len(order), self.rows))
+        ]
+
+
 def _indexed(batch: Batch, split: TokenizedSplit, chunk: np.ndarray) -> Batch:
     """`batch` with "example_index" (the pair's index in the data source, -1 for filler rows)
     and "example_mask" (1 for real rows)."""
@@ -368,29 +356,6 @@ def _indexed(batch: Batch, split: TokenizedSplit, chunk: np.ndarray) -> Batch:
     batch["example_index"][: len(chunk)] = split.example_index[chunk]
     batch["example_mask"] = (batch["example_index"] >= 0).astype(np.int32)
     return batch
-
-
-def fixed_rows_evaluation_batches(
-    split: TokenizedSplit,
-    *,
-    batch_size: int,
-    source_length: int,
-    target_length: int,
-    pad_id: int,
-    bos_id: int,
-) -> list[Batch]:
-    """Every pair of `split` once, in order, in batches of one shape [batch_size, length] (one
-    compilation); the last batch is completed with filler rows. With "example_index" and
-    "example_mask" as in `evaluation_batches`."""
-    order = np.arange(len(split))
-    return [
-        _indexed(
-            unpacked_batch(split, chunk, batch_size, source_length, pad_id, bos_id, target_length),
-            split,
-            chunk,
-        )
-        for chunk in np.array_split(order, np.arange(batch_size, len(order), batch_size))
-    ]
 
 
 def evaluation_batches(

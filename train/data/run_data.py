@@ -89,33 +89,23 @@ def token_budget_batches(
     mode: str,
     split: batching.TokenizedSplit,
     *,
-    batch_tokens: int,
     max_length: int,
-    pad_id: int,
-    bos_id: int,
-    seed: int,
-    row_multiple: int = 1,
     pack_length: int | None = None,
+    **batch_args: Any,
 ) -> batching.InfiniteBatches:
     """Training batches of about `batch_tokens` tokens per side, of `mode` (TOKEN_BUDGET_MODES).
 
-    Packed rows are `pack_length` long (default `max_length`); buckets are
-    `batching.default_bucket_lengths(max_length)`.
+    `batch_args` are the batchers' common arguments (batch_tokens, pad_id, bos_id, seed,
+    row_multiple). Padded rows are `max_length` long, packed rows `pack_length` (default
+    `max_length`); buckets are `batching.default_bucket_lengths(max_length)`.
     """
-    common = dict(pad_id=pad_id, bos_id=bos_id, seed=seed, row_multiple=row_multiple)
     if mode == "padded":
-        return batching.PaddedBatches(
-            split, batch_tokens=batch_tokens, max_length=max_length, **common
-        )
+        return batching.PaddedBatches(split, max_length=max_length, **batch_args)
     if mode == "bucketed":
         lengths = batching.default_bucket_lengths(max_length)
-        return batching.BucketedBatches(
-            split, batch_tokens=batch_tokens, bucket_lengths=lengths, **common
-        )
+        return batching.BucketedBatches(split, bucket_lengths=lengths, **batch_args)
     if mode == "packed":
-        return PackedBatches(
-            split, batch_tokens=batch_tokens, length=pack_length or max_length, **common
-        )
+        return PackedBatches(split, length=pack_length or max_length, **batch_args)
     raise ValueError(f"batching mode must be one of {list(TOKEN_BUDGET_MODES)}, got {mode!r}")
 
 
@@ -155,18 +145,19 @@ def _eval_batches(
     config: ml_collections.ConfigDict,
     split: batching.TokenizedSplit,
     vocabulary: Vocabulary,
-    row_lengths: tuple[int, int] | None,
+    train_batches: Any = None,
 ) -> list[dict[str, np.ndarray]]:
-    common = dict(
-        batch_size=config.eval_batch_size, pad_id=vocabulary.pad_id, bos_id=vocabulary.bos_id
+    """Fixed rows in data order, of the training batches' shape, after fixed-row training;
+    else sorted by length into bucket shapes."""
+    if isinstance(train_batches, batching.FixedRowsBatches):
+        return train_batches.evaluation_batches(split, config.eval_batch_size)
+    return batching.evaluation_batches(
+        split,
+        batch_size=config.eval_batch_size,
+        bucket_lengths=eval_bucket_lengths(_eval_limit(config)),
+        pad_id=vocabulary.pad_id,
+        bos_id=vocabulary.bos_id,
     )
-    if row_lengths is not None:
-        source_length, target_length = row_lengths
-        return batching.fixed_rows_evaluation_batches(
-            split, source_length=source_length, target_length=target_length, **common
-        )
-    bucket_lengths = eval_bucket_lengths(_eval_limit(config))
-    return batching.evaluation_batches(split, bucket_lengths=bucket_lengths, **common)
 
 
 def _eval_split(name: str, source: DataSource, batches: list[dict[str, np.ndarray]]) -> EvalSplit:
@@ -198,7 +189,7 @@ def training_data(
     )
     evaluation = {
         role: _eval_split(
-            role, sources[role], _eval_batches(config, split, vocabulary, row_lengths)
+            role, sources[role], _eval_batches(config, split, vocabulary, train_batches)
         )
         for role, split in held_out.items()
     }
@@ -228,7 +219,7 @@ def evaluation_split(
     """One split for decoding and scoring (`python -m train.evaluate`): sorted by length into
     bucket shapes, whatever the training batching (decoded outputs do not depend on the batch)."""
     split = _tokenized_eval(config, role, source, vocabulary)
-    return _eval_split(role, source, _eval_batches(config, split, vocabulary, None))
+    return _eval_split(role, source, _eval_batches(config, split, vocabulary))
 
 
 def sentence_batches(
