@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.data.batching import FixedRowsBatches, fixed_rows_evaluation_batches, tokenize_split
+from train.data.batching import FixedRowsBatches, tokenize_split
 from train.data.numbers import (
     SPLIT_SIZES,
     NumberWords,
@@ -175,16 +175,17 @@ def test_data_is_read_without_tensorflow(data_dir):
     script = textwrap.dedent(
         f"""
         import sys
-        from train.data.batching import fixed_rows_evaluation_batches, tokenize_split
+        from train.data.batching import FixedRowsBatches, tokenize_split
         from train.data.numbers import number_words_vocabulary, prepare_number_words
 
         builder = prepare_number_words({str(data_dir)!r})
         vocabulary = number_words_vocabulary()
         split = tokenize_split(builder.as_data_source(split="test"), vocabulary, max_length=64)
-        batches = fixed_rows_evaluation_batches(
+        rows = FixedRowsBatches(
             split, batch_size=4, source_length={SOURCE_LEN}, target_length={TARGET_LEN},
-            pad_id=0, bos_id=1,
+            pad_id=0, bos_id=1, seed=0,
         )
+        batches = rows.evaluation_batches(split, 4)
         assert batches[0]["source"].shape == (4, {SOURCE_LEN})
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
         """
@@ -219,14 +220,11 @@ def _train_batches(examples, vocabulary, *, batch_size, source_len, target_len, 
 
 
 def _eval_batches(examples, vocabulary, *, batch_size, source_len, target_len):
-    return fixed_rows_evaluation_batches(
-        _split(examples, vocabulary),
-        batch_size=batch_size,
-        source_length=source_len,
-        target_length=target_len,
-        pad_id=vocabulary.pad_id,
-        bos_id=vocabulary.bos_id,
-    )
+    rows = _train_batches(
+        examples, vocabulary, batch_size=batch_size, source_len=source_len,
+        target_len=target_len, seed=0,
+    )  # fmt: skip
+    return rows.evaluation_batches(_split(examples, vocabulary), batch_size)
 
 
 def test_row_layout(vocabulary):
