@@ -72,11 +72,11 @@ def make_model(directory: Path) -> None:
 
 
 def make_sources(data: Path, directory: Path, count: int) -> list[list[int]]:
-    from flax_transformer.interop.marian import write_tokenizer_files
+    from train.data.tokenizer_training import write_marian_tokenizer_files
 
     english = (data / "train.en").read_text(encoding="utf-8").splitlines()
     german = (data / "train.de").read_text(encoding="utf-8").splitlines()
-    tokenizer = write_tokenizer_files(directory, english, german, vocab_size=7000)
+    tokenizer = write_marian_tokenizer_files(directory, english, german, vocab_size=7000)
     test = (data / "test2016.en").read_text(encoding="utf-8").splitlines()[:count]
     return [[*tokenizer.encode(line), tokenizer.eos_id] for line in test]
 

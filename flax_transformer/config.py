@@ -214,50 +214,42 @@ class TransformerConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> TransformerConfig:
         """About 45k parameters: for tests and quick experiments."""
-        values = dict(
-            vocab_size=64,
-            d_model=32,
-            num_heads=4,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-            d_ff=64,
-            dropout_rate=0.1,
-            max_len=64,
-        )
-        return cls(**{**values, **overrides})
+        return cls.preset("tiny", **overrides)
 
     @classmethod
     def small(cls, **overrides: Any) -> TransformerConfig:
         """d_model 256, 4 heads, 3+3 layers, d_ff 1024: a size for training on a CPU."""
-        values = dict(
-            vocab_size=8000,
-            d_model=256,
-            num_heads=4,
-            num_encoder_layers=3,
-            num_decoder_layers=3,
-            d_ff=1024,
-            dropout_rate=0.1,
-            max_len=256,
-        )
-        return cls(**{**values, **overrides})
+        return cls.preset("small", **overrides)
 
     @classmethod
     def base(cls, **overrides: Any) -> TransformerConfig:
         """The paper's base model (Table 3): d_model 512, 8 heads, 6+6 layers, d_ff 2048."""
-        return cls(**overrides)
+        return cls.preset("base", **overrides)
 
     @classmethod
     def big(cls, **overrides: Any) -> TransformerConfig:
         """The paper's big model (Table 3): d_model 1024, 16 heads, d_ff 4096, dropout 0.3."""
-        values = dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3)
-        return cls(**{**values, **overrides})
+        return cls.preset("big", **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TransformerConfig:
-        """A preset by name: "tiny", "small", "base" or "big"."""
-        if name not in PRESET_NAMES:
+        """A preset by name: "tiny", "small", "base" or "big" (`PRESETS`), with overrides."""
+        if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
-        return getattr(cls, name)(**overrides)
+        return cls(**{**PRESETS[name], **overrides})
 
 
-PRESET_NAMES = ("tiny", "small", "base", "big")
+# The presets: the fields that differ from the defaults (the paper's base model, Table 3).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=64, d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+        d_ff=64, dropout_rate=0.1, max_len=64,
+    ),
+    "small": dict(
+        vocab_size=8000, d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
+        d_ff=1024, dropout_rate=0.1, max_len=256,
+    ),
+    "base": {},
+    "big": dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3),
+}  # fmt: skip
+PRESET_NAMES = tuple(PRESETS)

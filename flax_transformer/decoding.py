@@ -43,6 +43,7 @@ settings) are always checked.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -185,62 +186,62 @@ def decode_step(
 # ---------------------------------------------------------------------------------------------
 # The decoders
 # ---------------------------------------------------------------------------------------------
-@checks.checked_jit(
-    checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
-)
-def greedy_decode(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_length: int | None = None,
-    check_inputs: bool = True,
-) -> Array:
+def _greedy_decoder(name: str, make_step: Callable[..., Any], doc: str) -> Callable[..., Array]:
+    """The jitted greedy decoder over the step function `make_step` builds (one signature for
+    the cached decoder and the uncached reference)."""
+
+    @checks.checked_jit(
+        checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
+    )
+    def decode(
+        config: TransformerConfig,
+        params: Any,
+        source_tokens: Array,
+        *,
+        bos_id: int,
+        eos_id: int,
+        max_length: int | None = None,
+        check_inputs: bool = True,
+    ) -> Array:
+        settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+        step_function, cache = make_step(config, params, source_tokens, max_length)
+        return search.greedy_search(step_function, cache, **settings)
+
+    decode.__name__ = decode.__qualname__ = name
+    decode.__doc__ = doc
+    return decode
+
+
+greedy_decode = _greedy_decoder(
+    "greedy_decode",
+    cached_step,
     """Greedy output tokens int32 [batch, max_length] for source tokens [batch, src_len].
 
-    The most likely token at every step, with the key/value cache. Each row holds its tokens up
-    to and including the first `eos_id`, then `config.pad_id`; a row without eos reached its
-    length limit (see the module docstring: max_length, by default padded source length + 50,
-    and the row's own source length + 50). The decoder starts from `bos_id` (MarianMT-style models
-    start from the pad id: pass that). Jitted; compiles once per config, batch shape and
-    max_length.
-    """
-    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
-    return search.greedy_search(*cached_step(config, params, source_tokens, max_length), **settings)
-
-
-@checks.checked_jit(
-    checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
+The most likely token at every step, with the key/value cache. Each row holds its tokens up
+to and including the first `eos_id`, then `config.pad_id`; a row without eos reached its
+length limit (see the module docstring: max_length, by default padded source length + 50,
+and the row's own source length + 50). The decoder starts from `bos_id` (MarianMT-style models
+start from the pad id: pass that). Jitted; compiles once per config, batch shape and
+max_length.
+""",
 )
-def greedy_decode_uncached(
-    config: TransformerConfig,
-    params: Any,
-    source_tokens: Array,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_length: int | None = None,
-    check_inputs: bool = True,
-) -> Array:
+greedy_decode_uncached = _greedy_decoder(
+    "greedy_decode_uncached",
+    uncached_step,
     """`greedy_decode` without the cache: the readable reference path.
 
-        encode the source once
-        buffer = [pad, pad, pad, ...]                       fixed length: compiles once
-        while some row is unfinished and t < max_length:
-            buffer[:, t] = bos if t == 0 else the token chosen at t - 1 (pad once finished)
-            logits = decoder(buffer)[:, t]                  causal mask: position t sees <= t only
-            the token chosen at t = argmax(logits)
+    encode the source once
+    buffer = [pad, pad, pad, ...]                       fixed length: compiles once
+    while some row is unfinished and t < max_length:
+        buffer[:, t] = bos if t == 0 else the token chosen at t - 1 (pad once finished)
+        logits = decoder(buffer)[:, t]                  causal mask: position t sees <= t only
+        the token chosen at t = argmax(logits)
 
-    Re-runs the decoder over the whole fixed-length buffer at every step (`uncached_step`):
-    simple and exact, O(length^2) work per sentence. Same arguments and result as
-    `greedy_decode`.
-    """
-    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
-    return search.greedy_search(
-        *uncached_step(config, params, source_tokens, max_length), **settings
-    )
+Re-runs the decoder over the whole fixed-length buffer at every step (`uncached_step`):
+simple and exact, O(length^2) work per sentence. Same arguments and result as
+`greedy_decode`.
+""",
+)
 
 
 @checks.checked_jit(

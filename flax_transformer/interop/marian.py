@@ -11,18 +11,18 @@ each an option of `TransformerConfig`:
     the decoder starts from the pad id (the decoders take the start token as `bos_id`)
 
     checkpoint = load_marian("opus-mt-en-de")          # a directory: config.json, weights
-    tokenizer = MarianTokenizer.from_directory("opus-mt-en-de")
-    source = ...  # tokenizer.encode(text) + [tokenizer.eos_id], right-padded with pad_id
+    source = ...  # token ids of its tokenizer (source.spm, target.spm, vocab.json; read by
+                  # train.data.vocabulary.MarianVocabulary), + eos, right-padded with pad_id
     tokens = ft.greedy_decode(checkpoint.config, checkpoint.params, source,
                               bos_id=checkpoint.decoder_start_id, eos_id=checkpoint.eos_id)
 
 Nothing here imports torch or transformers: `config.json` is JSON, the weights are read with the
-`safetensors` NumPy API (`pytorch_model.bin` needs torch, used only if installed), the tokenizer
-is `sentencepiece` and `json`. A checkpoint that uses a feature this Transformer does not have
-(pre-LN with extra norms, separate source/target vocabularies, an embedding LayerNorm, learned
-positions, ...) is refused with `UnsupportedCheckpointError` naming the field: never a silently
-different model. `python -m train.convert_marian` writes a converted checkpoint as a workdir that
-`train.translate` and `train.evaluate` read.
+`safetensors` NumPy API (`pytorch_model.bin` needs torch, used only if installed). A checkpoint
+that uses a feature this Transformer does not have (pre-LN with extra norms, separate
+source/target vocabularies, an embedding LayerNorm, learned positions, ...) is refused with
+`UnsupportedCheckpointError` naming the field: never a silently different model.
+`python -m train.convert_marian` writes a converted checkpoint, with its tokenizer, as a workdir
+that `train.translate` and `train.evaluate` read.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,6 @@ _ARCHITECTURE_FIELDS = {
 # Fields that matter only for training (dropout variants we do not have): logged, not refused.
 _TRAINING_ONLY_FIELDS = ("activation_dropout", "encoder_layerdrop", "decoder_layerdrop")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
 
 _log = logging.getLogger(__name__)
 
@@ -549,157 +547,3 @@ def save_marian(
     hf_config = marian_config(config, eos_id=eos_id, decoder_start_id=start)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
     save_file(marian_weights(params, config), str(directory / "model.safetensors"))
-
-
-# ---------------------------------------------------------------------------------------------
-# The tokenizer: source.spm, target.spm, vocab.json
-# ---------------------------------------------------------------------------------------------
-_LANGUAGE_CODE = re.compile(r">>.+?<<")
-
-
-class MarianTokenizer:
-    """The MarianMT tokenizer from its own files, with sentencepiece and json only.
-
-    As Hugging Face's `MarianTokenizer` (shared vocabulary): source text is cut into pieces by
-    `source.spm`, pieces become ids through `vocab.json` (a piece it lacks is `<unk>`), and a
-    leading language code such as `>>fra<<` (multilingual targets) is one token. Target text
-    uses `target.spm`. `decode` maps ids back to pieces through `vocab.json`, drops the special
-    tokens (`skip_special_tokens=True`) and joins the pieces with `target.spm`.
-
-    The same interface as the project's other vocabularies (`encode`, `decode`, `pad_id`,
-    `bos_id`, `eos_id`, `vocab_size`), with `bos_id` the decoder start token: the pad id.
-    """
-
-    def __init__(self, source_spm: bytes, target_spm: bytes, vocab: Mapping[str, int]):
-        import sentencepiece as spm
-
-        self.source_model = spm.SentencePieceProcessor(model_proto=source_spm)
-        self.target_model = spm.SentencePieceProcessor(model_proto=target_spm)
-        self.encoder = dict(vocab)
-        self.decoder = {index: piece for piece, index in self.encoder.items()}
-        for piece in ("<unk>", "</s>", "<pad>"):
-            if piece not in self.encoder:
-                raise ValueError(f"vocab.json has no {piece!r} entry")
-        self.unk_id = self.encoder["<unk>"]
-        self.eos_id = self.encoder["</s>"]
-        self.pad_id = self.encoder["<pad>"]
-        self.bos_id = self.pad_id  # the decoder's start token
-        self.special_ids = {self.unk_id, self.eos_id, self.pad_id}
-        self._special_pattern = re.compile("(</s>|<unk>|<pad>)")
-
-    @classmethod
-    def from_directory(cls, directory: PathLike) -> MarianTokenizer:
-        directory = Path(directory)
-        missing = [name for name in TOKENIZER_FILES if not (directory / name).exists()]
-        if missing:
-            raise FileNotFoundError(f"{directory} lacks the Marian tokenizer file(s) {missing}")
-        settings_path = directory / "tokenizer_config.json"
-        if settings_path.exists():
-            settings = json.loads(settings_path.read_text(encoding="utf-8"))
-            if settings.get("separate_vocabs"):
-                raise UnsupportedCheckpointError(
-                    "tokenizer_config.json has separate_vocabs=True: separate source and target "
-                    "vocabularies are not supported"
-                )
-        try:
-            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{directory / 'vocab.json'} is not valid JSON: {error}") from None
-        return cls(
-            (directory / "source.spm").read_bytes(), (directory / "target.spm").read_bytes(), vocab
-        )
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.encoder)
-
-    def _pieces(self, model: Any, text: str) -> list[str]:
-        pieces: list[str] = []
-        # Special tokens written in the text are tokens (as the reference's added tokens).
-        for part in self._special_pattern.split(text):
-            if part in ("</s>", "<unk>", "<pad>"):
-                pieces.append(part)
-                continue
-            part = part.strip() if len(pieces) else part.rstrip()
-            if not part:
-                continue
-            code = _LANGUAGE_CODE.match(part) if not pieces else None
-            if code:
-                pieces.append(code.group(0))
-                part = part[code.end() :]
-            pieces.extend(model.encode(part, out_type=str))
-        return pieces
-
-    def _ids(self, pieces: list[str]) -> list[int]:
-        return [self.encoder.get(piece, self.unk_id) for piece in pieces]
-
-    def encode(self, text: str) -> list[int]:
-        """Source text -> ids (without the eos the model input ends with)."""
-        return self._ids(self._pieces(self.source_model, text))
-
-    def encode_target(self, text: str) -> list[int]:
-        """Target text -> ids (labels), cut by target.spm."""
-        return self._ids(self._pieces(self.target_model, text))
-
-    def decode(self, ids: Any) -> str:
-        """Ids -> target text, special tokens dropped."""
-        pieces = [
-            self.decoder.get(int(i), "<unk>")
-            for i in np.asarray(ids).reshape(-1)
-            if int(i) not in self.special_ids
-        ]
-        return self.target_model.decode_pieces(pieces).replace("\u2581", " ").strip()
-
-    def __repr__(self) -> str:
-        return (
-            f"MarianTokenizer(vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id})"
-        )
-
-
-def write_tokenizer_files(
-    directory: PathLike,
-    source_texts: list[str],
-    target_texts: list[str],
-    *,
-    vocab_size: int = 500,
-) -> MarianTokenizer:
-    """Train a MarianMT-style tokenizer on text and write its files (`source.spm`,
-    `target.spm`, `vocab.json`) to `directory`: for tests, demos and small experiments.
-
-    As opus-mt's: a unigram SentencePiece model per language with `</s>` = 0 and `<unk>` = 1,
-    and one vocabulary, the union of both models' pieces, with `<pad>` last.
-    """
-    import io
-
-    import sentencepiece as spm
-
-    def train(texts: list[str]) -> bytes:
-        model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            num_threads=1,
-            eos_id=0,
-            unk_id=1,
-            bos_id=-1,
-            pad_id=-1,
-            minloglevel=2,
-        )
-        return model.getvalue()
-
-    models = {"source.spm": train(source_texts), "target.spm": train(target_texts)}
-    pieces = {"</s>": 0, "<unk>": 1}
-    for model in models.values():
-        processor = spm.SentencePieceProcessor(model_proto=model)
-        for index in range(processor.get_piece_size()):
-            pieces.setdefault(processor.id_to_piece(index), len(pieces))
-    pieces["<pad>"] = len(pieces)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, model in models.items():
-        (directory / name).write_bytes(model)
-    (directory / "vocab.json").write_text(json.dumps(pieces, ensure_ascii=False), encoding="utf-8")
-    return MarianTokenizer(models["source.spm"], models["target.spm"], pieces)

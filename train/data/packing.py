@@ -35,7 +35,8 @@ def pack_pairs(
     First fit over the `open_rows` most recently opened rows, in the given (shuffled) order: a
     pair goes to the first open row with room for both its sides, else it opens a new row (and
     the oldest open row is closed when more than `open_rows` are open). Returns the pair indices
-    of each row. Linear time; rows end up about 95-99% full for sentence-length data.
+    of each row. Linear time; rows end up nearly full for sentence-length data (the padding
+    per mode: benchmarks/batching_benchmark.py).
     """
     rows: list[list[int]] = []
     room: list[list[int]] = []  # [source room, target room] of each open row
@@ -120,8 +121,8 @@ class PackedBatches(InfiniteBatches):
     """Several pairs per row of `length` tokens (see `pack_pairs`), `batch_tokens // length` rows.
 
     The number of batches per epoch depends on how well that epoch's shuffle packs, so finding
-    the epoch of a step packs the epochs before it (a few hundred milliseconds each for
-    Multi30k); the counts are remembered.
+    the epoch of a step packs the epochs before it (the cost grows with the corpus and the
+    epoch); the counts are remembered.
     """
 
     def __init__(

@@ -14,8 +14,8 @@ Choices, and why:
   1 and 8 threads give different model bytes, each reproducible), so a model trained on a 16-core
   machine would differ from one trained on a laptop. Unigram training on all the input sentences
   (the default; no sampling) uses no random numbers, so there is no seed to set: the same text
-  gives the same model bytes, run after run and process after process. It costs little: about 2 s
-  for the 58k sentences of Multi30k train (both sides) and vocab_size 8000.
+  gives the same model bytes, run after run and process after process (the time it takes on
+  Multi30k: README, "Translate real text").
 - `byte_fallback=True`: a character that is not a piece is encoded as its UTF-8 bytes (256 byte
   pieces are part of the vocabulary), never as unk, so every text round-trips and the model can
   write characters it rarely saw. `character_coverage=1.0`: every character of the training text

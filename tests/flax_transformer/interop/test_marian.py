@@ -1,12 +1,12 @@
-"""MarianMT import: flax_transformer.interop.marian and `python -m train.convert_marian`.
+"""MarianMT import: flax_transformer.interop.marian. (Its tokenizer:
+tests/train/data/test_vocabulary.py; the command line: tests/end_to_end/test_convert_marian.py.)
 
 Without the reference stack: the new model options against NumPy float64 (SiLU, exact GELU, the
-final-logits bias), config refusals naming the field, tensor checks, the decoders' pad ban, the
-tokenizer on hand-made cases, and the command line end to end (convert -> translate -> evaluate).
+final-logits bias), config refusals naming the field, tensor checks, the decoders' pad ban.
 
 With Hugging Face transformers and torch (`pytest -m reference`, after
 `pip install -e '.[reference]'`; CI runs them as a separate step): logits of converted random
-MarianMTModels, greedy generation and the tokenizer, each against Hugging Face's own.
+MarianMTModels and greedy generation, each against Hugging Face's own.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
-import unicodedata
 from pathlib import Path
 
 import jax
@@ -25,56 +23,10 @@ import pytest
 
 import flax_transformer as ft
 from flax_transformer.interop import marian
-from flax_transformer.interop.marian import MarianTokenizer, UnsupportedCheckpointError
+from flax_transformer.interop.marian import UnsupportedCheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MULTI30K = Path(os.environ.get("MULTI30K_DIR", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Text for the tokenizers: Multi30k where present, else generated sentences
-# ---------------------------------------------------------------------------------------------
-def _generated_text(count: int, seed: int, words: list[str]) -> list[str]:
-    rng = np.random.default_rng(seed)
-    endings = [".", "!", "?", ", ja.", " …", "."]
-    lines = []
-    for _ in range(count):
-        chosen = rng.choice(words, size=rng.integers(3, 14))
-        line = " ".join(chosen) + endings[rng.integers(len(endings))]
-        if rng.random() < 0.2:
-            line = f"{rng.integers(1, 2000)} {line}"
-        lines.append(line[0].upper() + line[1:])
-    return lines
-
-
-ENGLISH_WORDS = str.split(
-    "a man woman dog girl boy two three people are is in on the with of street water "
-    "playing riding wearing red blue shirt ball park bike snow café naïve group young old "
-    "standing walking looking at near front large small black white"
-)
-GERMAN_WORDS = str.split(
-    "ein eine mann frau hund mädchen junge zwei drei leute sind ist in auf der die das mit "
-    "straße wasser spielt fährt trägt rotes blaues hemd ball park fahrrad schnee grüße "
-    "älterer jüngere steht geht schaut vor große kleine schwarze weiße"
-)
-
-
-def _texts(split: str, count: int) -> tuple[list[str], list[str]]:
-    """(English, German) lines: Multi30k's where present (the real thing), else generated."""
-    if (MULTI30K / f"{split}.en").exists():
-        english = (MULTI30K / f"{split}.en").read_text(encoding="utf-8").splitlines()[:count]
-        german = (MULTI30K / f"{split}.de").read_text(encoding="utf-8").splitlines()[:count]
-        return english, german
-    seed = {"train": 0, "test2016": 1}[split]
-    return _generated_text(count, seed, ENGLISH_WORDS), _generated_text(count, seed, GERMAN_WORDS)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("marian_tokenizer")
-    english, german = _texts("train", 3000)
-    marian.write_tokenizer_files(directory, english, german, vocab_size=300)
-    return directory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,173 +272,6 @@ def test_export_refuses_models_marian_cannot_compute(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The tokenizer
-# ---------------------------------------------------------------------------------------------
-def test_tokenizer_ids_and_round_trip(tokenizer_dir):
-    tokenizer = MarianTokenizer.from_directory(tokenizer_dir)
-    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
-    assert (tokenizer.eos_id, tokenizer.unk_id) == (0, 1)
-    assert tokenizer.pad_id == len(vocab) - 1 == tokenizer.bos_id  # decoding starts from pad
-    english, german = _texts("test2016", 50)
-    known = 0
-    for line in german:
-        ids = tokenizer.encode_target(line)
-        if tokenizer.unk_id in ids:  # a character the small model never saw (as in Marian)
-            continue
-        known += 1
-        # SentencePiece's default normalisation (NFKC, as in opus-mt's models): "…" -> "...".
-        expected = unicodedata.normalize("NFKC", line)
-        assert tokenizer.decode([*ids, tokenizer.eos_id, tokenizer.pad_id]) == expected
-    assert known >= 40
-    ids = tokenizer.encode(english[0])
-    pieces = tokenizer.source_model.encode(english[0], out_type=str)
-    assert ids == [vocab.get(piece, 1) for piece in pieces]
-    # A language code is one token (unknown here: <unk>); special tokens in text are tokens.
-    assert tokenizer.encode(">>deu<< a")[0] == tokenizer.unk_id
-    assert tokenizer.encode("a </s> a") == [*tokenizer.encode("a"), 0, *tokenizer.encode("a")]
-    assert tokenizer.decode([tokenizer.unk_id]) == ""  # special tokens are skipped
-
-
-def test_tokenizer_files_are_checked(tmp_path, tokenizer_dir):
-    with pytest.raises(FileNotFoundError, match="source.spm"):
-        MarianTokenizer.from_directory(tmp_path)
-    for name in ("source.spm", "target.spm", "vocab.json"):
-        (tmp_path / name).write_bytes((tokenizer_dir / name).read_bytes())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"separate_vocabs": True}))
-    with pytest.raises(UnsupportedCheckpointError, match="separate_vocabs"):
-        MarianTokenizer.from_directory(tmp_path)
-    (tmp_path / "tokenizer_config.json").unlink()
-    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0}))
-    with pytest.raises(ValueError, match="no '<unk>'"):
-        MarianTokenizer.from_directory(tmp_path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line: convert -> translate -> evaluate
-# ---------------------------------------------------------------------------------------------
-def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
-def converted_workdir(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("convert")
-    tokenizer = MarianTokenizer.from_directory(tokenizer_dir)
-    config = ft.TransformerConfig.tiny(
-        vocab_size=tokenizer.vocab_size,
-        pad_id=tokenizer.pad_id,
-        activation="silu",
-        layer_norm_epsilon=1e-5,
-        sinusoid_layout="halves",
-        max_len=128,
-    )
-    checkpoint = root / "opus-mt-tiny"
-    marian.save_marian(checkpoint, config, ft.init_params(config, jax.random.key(3)), eos_id=0)
-    for name in ("source.spm", "target.spm", "vocab.json"):
-        (checkpoint / name).write_bytes((tokenizer_dir / name).read_bytes())
-    data = root / "data"  # a small parallel text directory for train.evaluate
-    data.mkdir()
-    english, german = _texts("test2016", 12)
-    for split in ("train", "val", "test2016"):
-        (data / f"{split}.en").write_text("\n".join(english) + "\n", encoding="utf-8")
-        (data / f"{split}.de").write_text("\n".join(german) + "\n", encoding="utf-8")
-    workdir = root / "workdir"
-    result = _run(
-        "train.convert_marian",
-        f"--checkpoint={checkpoint}",
-        f"--workdir={workdir}",
-        f"--config.data_path={data}",
-        f"--config.data_dir={root / 'tfds'}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "converted" in result.stdout
-    return checkpoint, workdir
-
-
-def test_converted_workdir_translates_like_the_library(converted_workdir):
-    checkpoint_dir, workdir = converted_workdir
-    assert sorted(os.listdir(workdir / "marian_tokenizer")) == [
-        "source.spm",
-        "target.spm",
-        "vocab.json",
-    ]
-    lines = ["A man rides a red bike.", "", "Two dogs play in the snow."]
-    result = _run(
-        "train.translate", f"--workdir={workdir}", "--decoding=greedy", stdin="\n".join(lines)
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    translations = result.stdout.split("\n")[:-1]
-    assert len(translations) == 3 and translations[1] == ""
-    # The same with the library directly: eos appended, decoding starts from the pad id.
-    checkpoint = marian.load_marian(checkpoint_dir)
-    tokenizer = MarianTokenizer.from_directory(checkpoint_dir)
-    for line, translation in zip(lines[::2], translations[::2], strict=True):
-        source = np.array([[*tokenizer.encode(line), tokenizer.eos_id]], np.int32)
-        tokens = ft.greedy_decode(
-            checkpoint.config, checkpoint.params, source, bos_id=tokenizer.pad_id, eos_id=0
-        )
-        assert translation == tokenizer.decode(np.asarray(tokens)[0])
-
-
-def test_converted_workdir_evaluates_and_refuses_to_resume(converted_workdir):
-    _, workdir = converted_workdir
-    result = _run("train.evaluate", f"--workdir={workdir}", "--split=test", "--decoding=greedy")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "BLEU = " in result.stdout and "12 sentences" in result.stdout
-    result = _run("train", f"--workdir={workdir}", "--config=train/configs/multi30k.py")
-    assert result.returncode != 0
-    assert "holds imported parameters only" in result.stderr
-
-
-def test_fine_tuning_starts_from_the_imported_model(converted_workdir, tmp_path):
-    checkpoint_dir, imported = converted_workdir
-    data = imported.parent / "data"
-    finetuned = tmp_path / "finetuned"
-    result = _run(
-        "train",
-        f"--workdir={finetuned}",
-        "--config=train/configs/multi30k.py",
-        f"--config.init_from={imported}",
-        f"--config.data_path={data}",
-        f"--config.data_dir={tmp_path / 'tfds'}",
-        "--config.num_train_steps=2",
-        "--config.warmup_steps=1",
-        "--config.learning_rate_scale=1e-9",  # the step barely moves the params
-        "--config.batch_tokens=128",
-        "--config.eval_every_steps=2",
-        "--config.num_validation_examples=4",
-        "--config.test_decoding=greedy",
-        "--config.progress_bar=False",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting from the params of" in result.stdout + result.stderr
-    # The run took the imported model's tokenizer and config, and started from its params.
-    assert (finetuned / "marian_tokenizer" / "vocab.json").exists()
-    from train.workdir import load_run
-
-    run, start = load_run(str(finetuned)), marian.load_marian(checkpoint_dir)
-    assert run.config.tokenizer == "marian" and run.model_config == start.config
-    differences = jax.tree.map(
-        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), run.params, start.params
-    )
-    assert max(jax.tree.leaves(differences)) < 1e-4
-
-
-def test_convert_refuses_an_existing_run(converted_workdir):
-    checkpoint, workdir = converted_workdir
-    result = _run("train.convert_marian", f"--checkpoint={checkpoint}", f"--workdir={workdir}")
-    assert result.returncode != 0 and "already holds a run" in result.stderr
-
-
-# ---------------------------------------------------------------------------------------------
 # Against Hugging Face transformers (the reference): pytest -m reference
 # ---------------------------------------------------------------------------------------------
 HF_CONFIGS = {
@@ -655,32 +440,6 @@ def test_greedy_decoding_equals_hugging_face_generate(name, tmp_path):
     assert stopped_early >= 1, actual
 
 
-@pytest.mark.reference
-def test_tokenizer_equals_hugging_face(tokenizer_dir):
-    transformers = pytest.importorskip(
-        "transformers", reason="the reference needs transformers: pip install -e '.[reference]'"
-    )
-    pytest.importorskip("sentencepiece")
-    reference = transformers.MarianTokenizer(
-        str(tokenizer_dir / "source.spm"),
-        str(tokenizer_dir / "target.spm"),
-        str(tokenizer_dir / "vocab.json"),
-    )
-    ours = MarianTokenizer.from_directory(tokenizer_dir)
-    english, german = _texts("test2016", 300)
-    extra = [">>deu<< A man.", "Hello </s> world <unk>", "  spaces   here  ", "ünïcödé ☃ ok"]
-    for line in [*english, *extra]:
-        assert ours.encode(line) + [ours.eos_id] == reference(line)["input_ids"], line
-    for line in german:
-        ids = reference(text_target=line)["input_ids"]
-        assert ours.encode_target(line) + [ours.eos_id] == ids, line
-        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True)
-    rng = np.random.default_rng(0)
-    for _ in range(200):  # any ids, unknown pieces and specials included
-        ids = rng.integers(0, ours.vocab_size, size=rng.integers(1, 20)).tolist()
-        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), ids
-
-
 def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
     config, params = _random_marian_model()
     marian.save_marian(tmp_path, config, params, eos_id=0)
@@ -702,31 +461,6 @@ def test_pytorch_bin_checkpoints_load_with_torch(tmp_path):
         jax.tree.leaves(from_bin.params), jax.tree.leaves(from_safetensors.params), strict=True
     ):
         np.testing.assert_array_equal(a, b)
-
-
-def test_hub_download_asks_for_the_model_and_tokenizer_files_only(monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub", reason="pip install -e '.[hub]'")
-    from train import convert_marian
-
-    calls = []
-
-    def fake_snapshot_download(name, allow_patterns):
-        calls.append((name, allow_patterns))
-        return "/somewhere"
-
-    repository = ["config.json", "pytorch_model.bin", "tf_model.h5", "source.spm", "vocab.json"]
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name: repository)
-    assert convert_marian.download("Helsinki-NLP/opus-mt-en-de") == "/somewhere"
-    name, patterns = calls[-1]
-    assert name == "Helsinki-NLP/opus-mt-en-de"
-    assert {"config.json", "pytorch_model.bin", "source.spm", "target.spm", "vocab.json"} <= set(
-        patterns
-    )
-    assert not any(p.endswith((".h5", ".msgpack", ".ot")) for p in patterns)  # no TF/Flax/Rust
-    repository.append("model.safetensors")  # then the PyTorch pickle is not downloaded too
-    convert_marian.download("Helsinki-NLP/opus-mt-en-de")
-    assert "model.safetensors" in calls[-1][1] and "pytorch_model.bin" not in calls[-1][1]
 
 
 def test_stored_sinusoid_tables_are_recognised_and_learned_ones_refused(tmp_path):

@@ -4,8 +4,14 @@ here: every kind offers the same interface with the same meaning."""
 
 from __future__ import annotations
 
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from tests.helpers import marian_texts, write_marian_tokenizer
 from train.data.numbers import number_words_vocabulary
 from train.data.tokenizer_training import train_sentencepiece, write_marian_tokenizer_files
 from train.data.vocabulary import (
@@ -72,3 +78,76 @@ def test_declared_values() -> None:
     assert TOKENIZERS == ("sentencepiece", "marian")
     assert MARIAN_TOKENIZER_FILES == ("source.spm", "target.spm", "vocab.json")
     assert issubclass(WordVocabulary, object) and SentencePieceVocabulary.pad_id == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# MarianVocabulary, on hand-made cases and against Hugging Face (pytest -m reference)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return write_marian_tokenizer(tmp_path_factory.mktemp("marian_tokenizer"))
+
+
+def test_tokenizer_ids_and_round_trip(tokenizer_dir):
+    tokenizer = MarianVocabulary.from_directory(tokenizer_dir)
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    assert (tokenizer.eos_id, tokenizer.unk_id) == (0, 1)
+    assert tokenizer.pad_id == len(vocab) - 1 == tokenizer.bos_id  # decoding starts from pad
+    english, german = marian_texts("test2016", 50)
+    known = 0
+    for line in german:
+        ids = tokenizer.encode_target(line)
+        if tokenizer.unk_id in ids:  # a character the small model never saw (as in Marian)
+            continue
+        known += 1
+        # SentencePiece's default normalisation (NFKC, as in opus-mt's models): "…" -> "...".
+        expected = unicodedata.normalize("NFKC", line)
+        assert tokenizer.decode([*ids, tokenizer.eos_id, tokenizer.pad_id]) == expected
+    assert known >= 40
+    ids = tokenizer.encode(english[0])
+    pieces = tokenizer.source_model.encode(english[0], out_type=str)
+    assert ids == [vocab.get(piece, 1) for piece in pieces]
+    # A language code is one token (unknown here: <unk>); special tokens in text are tokens.
+    assert tokenizer.encode(">>deu<< a")[0] == tokenizer.unk_id
+    assert tokenizer.encode("a </s> a") == [*tokenizer.encode("a"), 0, *tokenizer.encode("a")]
+    assert tokenizer.decode([tokenizer.unk_id]) == ""  # special tokens are skipped
+
+
+def test_tokenizer_files_are_checked(tmp_path, tokenizer_dir):
+    with pytest.raises(FileNotFoundError, match="source.spm"):
+        MarianVocabulary.from_directory(tmp_path)
+    for name in ("source.spm", "target.spm", "vocab.json"):
+        (tmp_path / name).write_bytes((tokenizer_dir / name).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"separate_vocabs": True}))
+    with pytest.raises(ValueError, match="separate_vocabs"):
+        MarianVocabulary.from_directory(tmp_path)
+    (tmp_path / "tokenizer_config.json").unlink()
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0}))
+    with pytest.raises(ValueError, match="no '<unk>'"):
+        MarianVocabulary.from_directory(tmp_path)
+
+
+@pytest.mark.reference
+def test_tokenizer_equals_hugging_face(tokenizer_dir):
+    transformers = pytest.importorskip(
+        "transformers", reason="the reference needs transformers: pip install -e '.[reference]'"
+    )
+    pytest.importorskip("sentencepiece")
+    reference = transformers.MarianTokenizer(
+        str(tokenizer_dir / "source.spm"),
+        str(tokenizer_dir / "target.spm"),
+        str(tokenizer_dir / "vocab.json"),
+    )
+    ours = MarianVocabulary.from_directory(tokenizer_dir)
+    english, german = marian_texts("test2016", 300)
+    extra = [">>deu<< A man.", "Hello </s> world <unk>", "  spaces   here  ", "ünïcödé ☃ ok"]
+    for line in [*english, *extra]:
+        assert ours.encode(line) + [ours.eos_id] == reference(line)["input_ids"], line
+    for line in german:
+        ids = reference(text_target=line)["input_ids"]
+        assert ours.encode_target(line) + [ours.eos_id] == ids, line
+        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # any ids, unknown pieces and specials included
+        ids = rng.integers(0, ours.vocab_size, size=rng.integers(1, 20)).tolist()
+        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), ids
