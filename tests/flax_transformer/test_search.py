@@ -342,3 +342,32 @@ def test_top_p_filter_matches_numpy() -> None:
 def test_strip_after_eos() -> None:
     tokens = np.array([[5, 6, EOS, 7, 0], [5, 0, 6, 0, 0], [EOS, 0, 0, 0, 0]])
     assert search.strip_after_eos(tokens, EOS, 0) == [[5, 6], [5, 6], []]
+
+
+def test_the_readme_search_example_runs_and_scores_its_hypotheses():
+    """The README's example of beam search over your own step function (a bigram model): each
+    returned hypothesis carries its GNMT-normalised log-probability, recomputed here in float64
+    from the bigram table, best first and all distinct."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "search." in b]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    tokens, scores = np.asarray(namespace["tokens"]), np.asarray(namespace["scores"])
+    log_probs = np.asarray(namespace["log_probs"], np.float64)
+    assert tokens.shape == (3, 4, 8) and scores.shape == (3, 4)
+    for sentence in range(3):
+        hypotheses = []
+        for k, row in enumerate(tokens[sentence].tolist()):
+            sequence = row[: row.index(2) + 1] if 2 in row else row  # to eos, or all 8
+            previous, total = 1, 0.0  # from the start token
+            for token in sequence:
+                total += log_probs[previous, token]
+                previous = token
+            expected = total / ((5 + len(sequence)) / 6) ** 0.6
+            assert scores[sentence, k] == pytest.approx(expected, abs=1e-4)
+            hypotheses.append(tuple(sequence))
+        assert len(set(hypotheses)) == 4
+        assert np.all(np.diff(scores[sentence]) <= 0)  # best first
