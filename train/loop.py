@@ -102,10 +102,14 @@ def _start_from(config: ml_collections.ConfigDict, workdir: Workdir) -> Workdir 
     return source
 
 
-def _initial_state(run_setup: dict[str, Any], optimizer: Any, init_from: Workdir | None) -> Any:
+def _initial_state(
+    config: ml_collections.ConfigDict,
+    model_config: TransformerConfig,
+    optimizer: Any,
+    checkpointer: Checkpointer,
+    init_from: Workdir | None,
+) -> Any:
     """A fresh TrainState (with `init_from`'s params), or the latest checkpoint's."""
-    config, model_config = run_setup["config"], run_setup["model_config"]
-    checkpointer: Checkpointer = run_setup["checkpointer"]
 
     def fresh() -> Any:
         return create_train_state(model_config, optimizer, jax.random.key(config.seed))
@@ -160,13 +164,20 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         parallel.check_batch_size(config.batch_size)
     schedule, optimizer = optimizer_from(config, model_config)
     checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
-    setup = dict(config=config, model_config=model_config, checkpointer=checkpointer)
-    state = _initial_state(setup, optimizer, init_from)
-    run_config = workdir.write_config(config, model_config)
+    state = _initial_state(config, model_config, optimizer, checkpointer, init_from)
     return Run(
-        config, workdir, model_config, data, vocabulary, parallel, schedule,
-        parallel.put_state(state), int(state.step), run_config, checkpointer,
-    )  # fmt: skip
+        config=config,
+        workdir=workdir,
+        model_config=model_config,
+        data=data,
+        vocabulary=vocabulary,
+        parallel=parallel,
+        schedule=schedule,
+        state=parallel.put_state(state),
+        start_step=int(state.step),
+        run_config=workdir.write_config(config, model_config),
+        checkpointer=checkpointer,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
