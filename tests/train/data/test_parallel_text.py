@@ -7,7 +7,6 @@ slices of it to temporary files. The catalog tests run offline with `tfds.testin
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,15 +17,13 @@ from pathlib import Path
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.helpers import MULTI30K, REPO_ROOT
 from train.data.parallel_text import (
     ParallelText,
     discover_split_files,
     prepare_parallel_text,
     split_data_sources,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-MULTI30K = Path(os.environ.get("MULTI30K_DIR", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
 
 # Lines 7101..7400 of train: they include line 7366 of train.de (quoted, with a tab) and 7269
 # (a double space). The first 100 lines of val and test2016.

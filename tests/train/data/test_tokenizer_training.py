@@ -18,7 +18,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ import sentencepiece as spm
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import MULTI30K, REPO_ROOT
 from train.data.batching import evaluation_batches, tokenize_split
 from train.data.tokenizer_training import (
     load_or_train_on_split,
@@ -34,9 +34,6 @@ from train.data.tokenizer_training import (
     train_sentencepiece,
 )
 from train.data.vocabulary import SentencePieceVocabulary
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-MULTI30K = Path(os.environ.get("MULTI30K_DIR", REPO_ROOT.parent / "shared" / "data" / "multi30k"))
 
 SMALL_ALPHABET = "abcdefgh"
 SMALL_VOCAB = 300  # 4 special ids + 256 byte pieces + 8 characters + 32 learned pieces
