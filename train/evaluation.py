@@ -161,11 +161,12 @@ def evaluate(
     references: Sequence[str],
     sources: Sequence[str],
     options: DecodingOptions | None,
-) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """Teacher-forced loss and token accuracy over `batches`; with `options`, also decode every
     example and score it against `references` (indexed by "example_index").
 
-    Returns (metrics, examples) where examples are (source, hypothesis, reference) in data order.
+    Returns (metrics, examples) where examples are (source, hypothesis, reference) in data order;
+    with `options`, the metrics include sacreBLEU's "bleu_signature" (a string).
     Filler rows ("example_mask" 0) count for nothing.
     """
     sums = [parallel.eval_step(state, parallel.put_batch(_model_inputs(b))) for b in batches]
@@ -178,6 +179,7 @@ def evaluate(
         chosen_references = [references[i] for i in order]
         scores = score(hypotheses, chosen_references)
         summary.update(bleu=scores["bleu"], chrf=scores["chrf"], exact_match=scores["exact_match"])
+        summary["bleu_signature"] = scores["bleu_signature"]
         summary["examples"] = float(len(order))
         examples = [(sources[i], outputs[i], references[i]) for i in order]
     return summary, examples

@@ -8,7 +8,8 @@
         every log_every_steps:        summarise metrics (the only read-back), progress bar, JSONL
         every eval_every_steps:       validation loss, greedy exact-match, sample translations
         every checkpoint_every_steps: asynchronous orbax save (with the validation loss if any)
-    at the end: save, then evaluate on the test split
+    at the end: save, then evaluate on the test split (with the average of the last
+                config.average_last checkpoints' params when it is > 1, as the paper does)
 
 A workdir that holds checkpoints resumes from the latest one (refused if its model config
 differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
@@ -184,15 +185,23 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
 # Evaluating a split, and the log lines
 # ---------------------------------------------------------------------------------------------
 def evaluate_split(
-    run: Run, split: EvalSplit, options: DecodingOptions | None, max_examples: int = 0
+    run: Run,
+    split: EvalSplit,
+    options: DecodingOptions | None,
+    max_examples: int = 0,
+    params: Any = None,
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Loss and accuracy over `split`; with `options`, BLEU, chrF and exact match of decoding
-    its first `max_examples` examples (0: all)."""
+    its first `max_examples` examples (0: all). With the run's current params, or `params`."""
     split = split.first(max_examples)
+    if params is None:
+        placed, params = run.state, run.parallel.get_state(run.state).params
+    else:
+        placed = run.parallel.put_state(params)
     return evaluate(
         run.parallel,
-        run.state,
-        run.parallel.get_state(run.state).params,
+        placed,
+        params,
         split.batches,
         model_config=run.model_config,
         vocabulary=run.vocabulary,
@@ -315,6 +324,19 @@ def _validate(
     return summary
 
 
+def _test_params(run: Run) -> tuple[Any, str]:
+    """(params for the test evaluation, their description): None (the final params) or the
+    average of the last config.average_last checkpoints."""
+    if run.config.average_last == 1:
+        return None, "the final params"
+    try:
+        averaged = load_run(run.workdir, average_last=run.config.average_last)
+    except ValueError as error:  # checkpoints deleted meanwhile: still report a test score
+        tqdm.write(f"Not averaging checkpoints ({error}); testing the final params")
+        return None, "the final params"
+    return averaged.params, f"params: {averaged.describe()}"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
     run = set_up_run(config, workdir)
@@ -328,8 +350,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             )
             return TrainResult(step, True, validation, {})
         options = decoding_options(config, config.test_decoding)
-        tqdm.write(f"Evaluating on the test split with {options.describe()}")
-        test, examples = evaluate_split(run, run.data.test, options)
+        params, described = _test_params(run)
+        tqdm.write(f"Evaluating on the test split with {options.describe()}, {described}")
+        test, examples = evaluate_split(run, run.data.test, options, params=params)
+        if params is not None:
+            test["averaged_checkpoints"] = float(config.average_last)
         writer.write(step, "test", test)
     _report(step, "test", test, examples, config.num_samples)
+    tqdm.write(f"sacreBLEU signature: {test['bleu_signature']}")
     return TrainResult(step, False, validation, test)

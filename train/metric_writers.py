@@ -16,7 +16,10 @@ from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
-    """Writes scalar metrics of a step under a prefix ("train", "validation", "test")."""
+    """Writes the metrics of a step under a prefix ("train", "validation", "test").
+
+    Numbers go to both files (as floats); strings (e.g. sacreBLEU's signature) to the JSONL only.
+    """
 
     def __init__(self, jsonl_path: str | os.PathLike, tensorboard_dir: str | os.PathLike) -> None:
         self.jsonl_path = os.fspath(jsonl_path)
@@ -25,12 +28,15 @@ class MetricWriter:
         self._tensorboard = SummaryWriter(os.fspath(tensorboard_dir))
 
     def write(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
-        values = {key: float(value) for key, value in metrics.items()}
+        values = {
+            key: value if isinstance(value, str) else float(value) for key, value in metrics.items()
+        }
         record = {"step": int(step), "split": prefix, "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for key, value in values.items():
-            self._tensorboard.add_scalar(f"{prefix}/{key}", value, global_step=int(step))
+            if not isinstance(value, str):
+                self._tensorboard.add_scalar(f"{prefix}/{key}", value, global_step=int(step))
         self._tensorboard.flush()
 
     def close(self) -> None:

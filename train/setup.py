@@ -4,6 +4,7 @@
     model_config_from   config.model -> TransformerConfig (vocab_size 0: the vocabulary's)
     optimizer_from      the paper's schedule (with the cool-down) and Adam (section 5.3)
     decoding_options    config -> DecodingOptions for validation or test decoding
+    checkpoint_steps    the steps a run saves checkpoints at
     device_count        how many devices config.parallel splits a batch over
 
 Each list of allowed values is declared where it is implemented and imported here.
@@ -33,6 +34,7 @@ _POSITIVE = (
     "eval_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
+    "average_last",
     "batch_tokens",
     "max_length",
     "tokenizer_vocab_size",
@@ -75,6 +77,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if config[name] not in allowed:
             raise ValueError(f"config.{name} must be one of {list(allowed)}, got {config[name]!r}")
     decoding_options(config, config.test_decoding)  # raises for a bad beam setting
+    _check_average_last(config)
+
+
+def checkpoint_steps(config: ml_collections.ConfigDict) -> list[int]:
+    """The steps a run of `config` saves a checkpoint at, from the start: every
+    checkpoint_every_steps, at every evaluation and at the end (not counting stop requests)."""
+    last = config.num_train_steps
+    every = {config.checkpoint_every_steps, config.eval_every_steps}
+    return sorted({step for n in every for step in range(n, last + 1, n)} | {last})
+
+
+def _check_average_last(config: ml_collections.ConfigDict) -> None:
+    # Checked before training: averaging fails at the very end otherwise, hours later.
+    if config.average_last > config.keep_checkpoints:
+        raise ValueError(
+            f"config.average_last={config.average_last} averages more checkpoints than "
+            f"config.keep_checkpoints={config.keep_checkpoints} keeps"
+        )
+    saved = len(checkpoint_steps(config))
+    if config.average_last > saved:
+        raise ValueError(
+            f"config.average_last={config.average_last}, but a run of "
+            f"{config.num_train_steps} steps saves only {saved} checkpoint(s) (every "
+            f"config.checkpoint_every_steps={config.checkpoint_every_steps}, each evaluation and "
+            "the last step)"
+        )
 
 
 def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:

@@ -20,3 +20,12 @@ def test_records_are_written_and_appended(tmp_path) -> None:
     ]
     assert records[0]["accuracy"] == 0.25 and isinstance(records[0]["time"], float)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(events))
+
+
+def test_strings_go_to_the_jsonl_only(tmp_path) -> None:
+    jsonl, events = tmp_path / "metrics.jsonl", tmp_path / "tensorboard"
+    with MetricWriter(jsonl, events) as writer:
+        writer.write(5, "test", {"bleu": 30, "bleu_signature": "nrefs:1|tok:13a"})
+    (record,) = read_metrics(jsonl)
+    assert record["bleu"] == 30.0 and isinstance(record["bleu"], float)
+    assert record["bleu_signature"] == "nrefs:1|tok:13a"

@@ -12,6 +12,7 @@ from train.configs import default as default_config
 from train.configs import multi30k
 from train.setup import (
     check_config,
+    checkpoint_steps,
     decoding_options,
     device_count,
     model_config_from,
@@ -42,6 +43,12 @@ def test_the_shipped_configs_pass() -> None:
         ("clip_norm", -1.0, "config.clip_norm must be >= 0"),
         ("cooldown_fraction", 1.5, r"config.cooldown_fraction must be in \[0, 1\]"),
         ("label_smoothing", 1.0, r"config.label_smoothing must be in \[0, 1\)"),
+        ("average_last", 0, "config.average_last must be positive, got 0"),
+        (
+            "average_last",
+            4,
+            "config.average_last=4 averages more checkpoints than config.keep_checkpoints=3 keeps",
+        ),
     ],
 )
 def test_every_bad_field_is_named(field, value, message) -> None:
@@ -84,3 +91,11 @@ def test_decoding_options_follow_the_config() -> None:
     )  # fmt: skip
     assert options.max_length is None  # the paper's source length + 50
     assert device_count("single") == 1 and device_count("mesh") >= 1
+
+
+def test_checkpoint_steps_are_every_interval_each_evaluation_and_the_last() -> None:
+    config = default_config.get_config()
+    config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 10, 4, 5
+    assert checkpoint_steps(config) == [4, 5, 8, 10]
+    config.num_train_steps = 3  # shorter than both intervals: the last step only
+    assert checkpoint_steps(config) == [3]

@@ -85,5 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.beam_stop = "finished"  # or "bound" (see flax_transformer.decoding.beam_search)
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
+    # The final test evaluation decodes with the average of the last K checkpoints' params (the
+    # paper averages the last 5 for base models, 20 for big, section 6.1); 1 = the final params.
+    config.average_last = 1
     config.progress_bar = True
     return config
