@@ -21,6 +21,7 @@ LAYERS = [
     "data.packing",
     "data.run_data",
     "data",
+    "distributed",
     "checkpoints",
     "workdir",
     "metric_writers",
