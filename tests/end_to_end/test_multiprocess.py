@@ -327,6 +327,24 @@ def test_bad_distributed_flags_are_named(arguments: dict, message: str, monkeypa
         distributed.initialize_from_flags(**arguments)
 
 
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "needs --coordinator_address too"),
+        ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' is not an integer"),
+    ],
+)
+def test_the_environment_is_read_and_checked(environment: dict, message: str, monkeypatch) -> None:
+    from train import distributed
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(distributed.DistributedSetupError, match=message):
+        distributed.initialize_from_flags()
+
+
 def test_one_process_joins_nothing(monkeypatch) -> None:
     from train import distributed
 
