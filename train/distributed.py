@@ -15,8 +15,8 @@ Where the three values come from, first match wins:
   environment           JAX_COORDINATOR_ADDRESS (read by jax itself), JAX_NUM_PROCESSES and
                         JAX_PROCESS_ID (this project's, the same names in the same style)
   cluster detection     jax's own (`jax._src.clusters`): SLURM (srun), Open MPI (mpirun), Cloud
-                        TPU pods (GCE / GKE), Kubernetes; then `jax.distributed.initialize()` is
-                        called without arguments and jax fills in what is unset.
+                        TPU pods (GCE / GKE), Kubernetes; then `jax.distributed.initialize` is
+                        called with what was given (often nothing) and jax fills in the rest.
 
 Failure modes are bounded in time:
   * unreachable or wrong coordinator, or fewer processes than the coordinator waits for: a
@@ -154,15 +154,18 @@ def initialize_from_flags(
             )
             if value is None
         ]
-        if missing:
+        if missing and (cluster := detected_cluster()) is not None:
+            pass  # jax's cluster detection fills in what is unset
+        elif missing:
             raise DistributedSetupError(
                 f"a multi-process run needs {', '.join(missing)} too (or {ENV_COORDINATOR}, "
                 f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); give all three on every process"
             )
-        _check_address(address)
-        if count < 1:
+        if address is not None:
+            _check_address(address)
+        if count is not None and count < 1:
             raise DistributedSetupError(f"--num_processes must be >= 1, got {count}")
-        if not 0 <= index < count:
+        if count is not None and index is not None and not 0 <= index < count:
             raise DistributedSetupError(
                 f"--process_id must be in [0, {count - 1}] for --num_processes={count}, got {index}"
             )
