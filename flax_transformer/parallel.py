@@ -215,6 +215,8 @@ class DataParallel:
         Under pmap this drops the device axis (takes the first replica); elsewhere it copies
         the replica held by the first device. The copy owns its buffers, so it stays valid
         after `train_step` donates `state`. No host read-back: `jax.device_get` it for numpy.
+        In a multi-process run each process gets its own local copy: right for decoding, not
+        for orbax, which must be given the global (replicated) arrays by every process.
         """
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x.addressable_data(0)[0], state)

@@ -13,6 +13,11 @@ reports greedy exact-match on the test split.
                 --config.model.num_heads=8 --config.parallel=pmap
 
 Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes.
+
+Multi-process (multi-host) runs: start the same command on every process with
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; on SLURM, Open MPI and Cloud TPU
+pods nothing: jax detects them). See train/README.md and train/distributed.py.
 Afterwards: `python -m train.evaluate --workdir=DIR` (sacreBLEU and chrF of a split) and
 `python -m train.translate --workdir=DIR` (translate stdin).
 The config fields and their defaults are listed under --config below.
@@ -57,10 +62,42 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 flags.mark_flag_as_required("workdir")
 
+# Multi-process runs (train.distributed); unset: one process, or what the environment says.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 .. N-1.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds for every process to join before giving up."
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "Seconds of silence after which a process counts as dead and the others stop.",
+)
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout", 300, "Seconds the processes wait for each other at exit."
+)
+
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from train import distributed
+
+    try:  # before anything touches the devices
+        distributed.initialize_from_flags(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            initialization_timeout=_INIT_TIMEOUT.value,
+            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT.value,
+        )
+    except distributed.DistributedSetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     # Imported here so that --help answers without starting JAX.
     import tensorflow_datasets as tfds
 
@@ -70,7 +107,11 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except distributed.DistributedSetupError as error:  # a peer missing at a barrier, ...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 130 if result.interrupted else 0
 
 

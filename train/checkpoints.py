@@ -264,8 +264,21 @@ class Checkpointer:
 
 
 def abstract_like(tree: Any) -> Any:
-    """Shapes, dtypes and shardings of `tree` without its values (a restore target)."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    """Shapes, dtypes and shardings of `tree` without its values (a restore target).
+
+    Leaves without a sharding (e.g. from `jax.eval_shape`) get this process's first device:
+    otherwise orbax would restore onto the sharding recorded at save time, which names
+    devices this process may not have (a checkpoint of a multi-process run read on one host).
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(value: Any) -> Any:
+        struct = ocp.utils.to_shape_dtype_struct(value)
+        if getattr(struct, "sharding", None) is None:
+            struct = jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=device)
+        return struct
+
+    return jax.tree.map(leaf, tree)
 
 
 def _optimizer_part(state: Any) -> dict[str, Any]:

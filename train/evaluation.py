@@ -7,6 +7,11 @@
                      text, sacrebleu's default 13a tokenization), with sacrebleu's signatures
     evaluate         loss and token accuracy (teacher forcing) + decoding + scores over batches
 
+Multi-process runs (train.distributed): every process feeds `eval_step` its own rows of each
+batch (`rows`), and decodes every P-th batch (process p: batches p, p + P, ...; the sampling key
+still follows the global batch index, so outputs do not depend on the process count). The
+decoded sentences are gathered on process 0, which alone scores them.
+
 BLEU is computed on detokenized text against the reference sentences as they are in the data
 (whitespace-normalised only), the way sacrebleu intends: comparable to published sacreBLEU scores,
 unlike BLEU over subword ids.
@@ -15,7 +20,7 @@ unlike BLEU over subword ids.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,6 +30,7 @@ import sacrebleu
 from flax_transformer import TransformerConfig, checks, decoding
 from flax_transformer.search import BEAM_STOP_RULES, strip_after_eos
 from flax_transformer.training import summarize_metrics
+from train import distributed
 
 DECODING_METHODS = ("greedy", "beam", "sample")
 
@@ -110,10 +116,17 @@ def translate_batches(
     batches: Iterable[Mapping[str, np.ndarray]],
     vocabulary: Any,
     options: DecodingOptions,
+    *,
+    batch_indices: Iterable[int] | None = None,
 ) -> dict[int, str]:
-    """Detokenized output for every real row of `batches`, keyed by its "example_index"."""
+    """Detokenized output for every real row of `batches`, keyed by its "example_index".
+
+    `batch_indices`: decode only these batches (positions in `batches`; default all)."""
     outputs: dict[int, str] = {}
+    chosen = None if batch_indices is None else set(batch_indices)
     for batch_index, batch in enumerate(batches):
+        if chosen is not None and batch_index not in chosen:
+            continue
         tokens = generate_tokens(
             model_config,
             params,
@@ -161,19 +174,39 @@ def evaluate(
     references: Sequence[str],
     sources: Sequence[str],
     options: DecodingOptions | None,
+    rows: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """Teacher-forced loss and token accuracy over `batches`; with `options`, also decode every
     example and score it against `references` (indexed by "example_index").
+
+    `rows` maps a (global) batch to the rows this process feeds to `parallel.eval_step` (multi-
+    process mesh: its share; default: all). Under several processes, decoding is split by batch
+    and scored on process 0 (see the module doc); the other processes return the loss metrics
+    only, and no examples.
 
     Returns (metrics, examples) where examples are (source, hypothesis, reference) in data order;
     with `options`, the metrics include sacreBLEU's "bleu_signature" (a string).
     Filler rows ("example_mask" 0) count for nothing.
     """
-    sums = [parallel.eval_step(state, parallel.put_batch(_model_inputs(b))) for b in batches]
+    rows = rows or (lambda batch: batch)
+    sums = [parallel.eval_step(state, parallel.put_batch(_model_inputs(rows(b)))) for b in batches]
     summary = summarize_metrics(sums)
     examples: list[tuple[str, str, str]] = []
     if options is not None:
-        outputs = translate_batches(model_config, params, batches, vocabulary, options)
+        index, count = jax.process_index(), jax.process_count()
+        mine = translate_batches(
+            model_config,
+            params,
+            batches,
+            vocabulary,
+            options,
+            batch_indices=range(index, len(batches), count),
+        )
+        # JSON keys are strings: send (index, text) pairs.
+        gathered = distributed.gather_to_main("decoded sentences", sorted(mine.items()))
+        if gathered is None:
+            return summary, examples
+        outputs = {int(i): text for part in gathered for i, text in part}
         order = sorted(outputs)
         hypotheses = [outputs[i] for i in order]
         chosen_references = [references[i] for i in order]

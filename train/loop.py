@@ -14,11 +14,21 @@
 A workdir that holds checkpoints resumes from the latest one (refused if its model config
 differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
 return; a second Ctrl-C aborts at once.
+
+Multi-process runs (`train.distributed`, "mesh" only): the mesh spans every device of every
+process; each process builds the same global batches and feeds only its rows of each
+(`_process_rows`). Process 0 alone trains or writes the tokenizer (the others wait, then read
+it), writes config.json, metrics.jsonl and TensorBoard, prints the log lines and the progress
+bar, and scores decoded outputs; every process saves each checkpoint together with the others
+(global arrays replicated over the mesh), and all must agree on the step they resume from. A
+stop is a SIGTERM to any one process: jax's preemption service (which owns SIGTERM then) makes
+every process stop after the same step and save; SIGINT aborts without saving.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -26,12 +36,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from flax_transformer import TransformerConfig
 from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
+from train import distributed
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
 from train.data.run_data import EvalSplit, RunData, training_data
 from train.data.sources import dataset_of, open_roles
@@ -75,6 +91,64 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-process helpers
+# ---------------------------------------------------------------------------------------------
+def _log(message: str) -> None:
+    """A log line, printed by process 0 only."""
+    if distributed.is_main_process():
+        tqdm.write(message)
+
+
+def _process_rows(batch: Mapping[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
+    """Process `index`'s share of a global host batch: rows [index * R / count, (index + 1) *
+    R / count) of every array (R rows, divisible by `count`), the rows that
+    `jax.make_array_from_process_local_data` places on that process's devices of the mesh.
+
+    Temporary: the batchers will build only these rows themselves (process_index /
+    process_count arguments); this is the one place that slices.
+    """
+    if count == 1:
+        return dict(batch)
+    out = {}
+    for key, value in batch.items():
+        rows = value.shape[0]
+        if rows % count:
+            raise ValueError(
+                f"a batch of {rows} rows does not split over {count} processes ({key!r})"
+            )
+        share = rows // count
+        out[key] = value[index * share : (index + 1) * share]
+    return out
+
+
+def _local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return _process_rows(batch, jax.process_index(), jax.process_count())
+
+
+class _NoWriter:
+    """The MetricWriter of processes other than 0: writes nothing."""
+
+    def write(self, step: int, prefix: str, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def __enter__(self) -> _NoWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        pass
+
+
+def _checkpoint_state(run: Run) -> Any:
+    """The state as orbax saves it. One process: one plain copy (`get_state`). Several: a copy
+    of the global arrays, replicated over the global mesh, which every process passes to
+    orbax together (orbax writes each replicated array once and syncs the processes); a
+    per-process single-device copy would look to orbax like P different arrays."""
+    if distributed.is_multiprocess():
+        return jax.tree.map(jnp.copy, run.state)  # owns its buffers: train_step donates state
+    return run.parallel.get_state(run.state)
+
+
+# ---------------------------------------------------------------------------------------------
 # Setting up: fresh, resumed, or fine-tuned from another run
 # ---------------------------------------------------------------------------------------------
 def _start_from(config: ml_collections.ConfigDict, workdir: Workdir) -> Workdir | None:
@@ -97,7 +171,7 @@ def _start_from(config: ml_collections.ConfigDict, workdir: Workdir) -> Workdir 
             f"vocabulary does not fit config.dataset={config.dataset!r}"
         )
     config.tokenizer = source_config.get("tokenizer", "sentencepiece")
-    if own_vocabulary is None:
+    if own_vocabulary is None and distributed.is_main_process():  # the others read it later
         workdir.copy_tokenizer_from(source, config.tokenizer)
     config.model.update(source_model.to_dict())
     return source
@@ -109,8 +183,11 @@ def _initial_state(
     optimizer: Any,
     checkpointer: Checkpointer,
     init_from: Workdir | None,
+    sharding: Any = None,
 ) -> Any:
-    """A fresh TrainState (with `init_from`'s params), or the latest checkpoint's."""
+    """A fresh TrainState (with `init_from`'s params), or the latest checkpoint's (restored
+    with `sharding` on every array when given: the global mesh's replicated sharding in a
+    multi-process run, where each process restores its devices' copies)."""
 
     def fresh() -> Any:
         return create_train_state(model_config, optimizer, jax.random.key(config.seed))
@@ -123,16 +200,21 @@ def _initial_state(
                 raise ValueError(f"{init_from.path} holds a model of another config than this run")
             # Adam's state at step 0 does not depend on the parameter values: only swap them.
             state = state.replace(params=source.params)
-            tqdm.write(f"Starting from the params of {init_from.path} ({source.describe()})")
+            _log(f"Starting from the params of {init_from.path} ({source.describe()})")
         return state
     checkpointer.check_model_config(model_config)
-    state, position = checkpointer.restore(abstract_like(jax.eval_shape(fresh)))
+    target = abstract_like(jax.eval_shape(fresh))
+    if sharding is not None:
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), target
+        )
+    state, position = checkpointer.restore(target)
     if position.get("seed") != config.seed:
         raise ValueError(
             f"the checkpoint's data order used seed {position.get('seed')}, this run "
             f"config.seed={config.seed}; resuming would not reproduce the run"
         )
-    tqdm.write(f"Resuming from step {int(state.step)} in {checkpointer.directory}")
+    _log(f"Resuming from step {int(state.step)} in {checkpointer.directory}")
     return state
 
 
@@ -145,12 +227,25 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
             f"{workdir.path} holds imported parameters only (from {origin}), no training state: "
             "evaluate it or translate with it; train in a new --workdir"
         )
+    multiprocess = distributed.is_multiprocess()
+    if multiprocess and config.parallel != "mesh":
+        raise distributed.DistributedSetupError(
+            f"config.parallel={config.parallel!r} runs on one process only; this run has "
+            f"{jax.process_count()} processes: use --config.parallel=mesh"
+        )
     init_from = _start_from(config, workdir)
     num_devices = device_count(config.parallel)  # batches split evenly over the devices
-    sources = open_roles(config)
-    vocabulary = workdir.vocabulary(config, sources["train"])
+    # Process 0 prepares the data (TFDS writes it under config.data_dir, maybe shared) and
+    # trains the tokenizer; the others wait, then read what it wrote.
+    if distributed.is_main_process():
+        sources = open_roles(config)
+        vocabulary = workdir.vocabulary(config, sources["train"])
+    distributed.barrier("data and tokenizer")
+    if not distributed.is_main_process():
+        sources = open_roles(config)
+        vocabulary = workdir.vocabulary(config, sources["train"])
     data = training_data(config, sources, vocabulary, row_multiple=num_devices)
-    tqdm.write(data.summary)
+    _log(data.summary)
     model_config = model_config_from(config, vocabulary.vocab_size)
     if data.max_length > model_config.max_len:
         raise ValueError(
@@ -165,7 +260,14 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         parallel.check_batch_size(config.batch_size)
     schedule, optimizer = optimizer_from(config, model_config)
     checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
-    state = _initial_state(config, model_config, optimizer, checkpointer, init_from)
+    # Every process must restore the same checkpoint (a shared filesystem shows them the same).
+    distributed.agree("checkpoint to resume from", checkpointer.latest_step())
+    sharding = NamedSharding(parallel.mesh, P()) if multiprocess else None
+    state = _initial_state(config, model_config, optimizer, checkpointer, init_from, sharding)
+    if distributed.is_main_process():
+        run_config = workdir.write_config(config, model_config)
+    else:
+        run_config = Workdir.run_config(config, model_config)
     return Run(
         config=config,
         workdir=workdir,
@@ -176,7 +278,7 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         schedule=schedule,
         state=parallel.put_state(state),
         start_step=int(state.step),
-        run_config=workdir.write_config(config, model_config),
+        run_config=run_config,
         checkpointer=checkpointer,
     )
 
@@ -198,6 +300,7 @@ def evaluate_split(
         placed, params = run.state, run.parallel.get_state(run.state).params
     else:
         placed = run.parallel.put_state(params)
+    rows = _local_rows if distributed.is_multiprocess() else None
     return evaluate(
         run.parallel,
         placed,
@@ -208,6 +311,7 @@ def evaluate_split(
         references=split.references,
         sources=split.sources,
         options=options,
+        rows=rows,
     )
 
 
@@ -237,6 +341,11 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be installed from the main thread
+        if distributed.is_multiprocess():
+            # A flag set on one process only would stop it alone, and the others would wait for
+            # it forever: jax's preemption service owns SIGTERM and agrees on a step to stop at
+            # (`_preempted`); SIGINT keeps Python's default (abort without saving).
+            return self
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -255,6 +364,12 @@ class _StopRequest:
             signal.signal(signum, handler)
 
 
+def _preempted(step: int) -> bool:
+    """Multi-process: whether every process has reached the step to stop at after a SIGTERM
+    (jax's preemption sync point; call it at every step on every process)."""
+    return distributed.is_multiprocess() and multihost_utils.reached_preemption_sync_point(step)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -266,15 +381,17 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
         decoding_options(config, config.validation_decoding) if config.validation_decoding else None
     )
     progress = tqdm(
-        total=config.num_train_steps, initial=run.start_step, disable=not config.progress_bar,
+        total=config.num_train_steps, initial=run.start_step,
+        disable=not (config.progress_bar and distributed.is_main_process()),
         unit="step", dynamic_ncols=True,
     )  # fmt: skip
     validation: dict[str, float] = {}
     pending: list[Any] = []
     interval_start, step = time.perf_counter(), run.start_step
+    rows = functools.partial(_process_rows, index=jax.process_index(), count=jax.process_count())
     with _StopRequest() as stop, progress:
         for step in range(run.start_step, config.num_train_steps):
-            batch = parallel.put_batch(run.data.train[step])
+            batch = parallel.put_batch(rows(run.data.train[step]))
             run.state, metrics = parallel.train_step(run.state, batch)
             pending.append(metrics)
             progress.update(1)
@@ -292,6 +409,8 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
                     lr=f"{summary['learning_rate']:.2e}",
                 )
                 pending, interval_start = [], time.perf_counter()
+            if _preempted(done):
+                stop.requested = True
             step_metrics = None
             if done % config.eval_every_steps == 0 or last:
                 validation = step_metrics = _validate(run, writer, done, validation_options)
@@ -299,7 +418,7 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
             if done % config.checkpoint_every_steps == 0 or last or step_metrics or stop.requested:
                 run.checkpointer.save(
                     done,
-                    parallel.get_state(run.state),
+                    _checkpoint_state(run),
                     config=run.run_config,
                     data_position={"step": done, "seed": config.seed},
                     metrics={BEST_METRIC: step_metrics["loss"]} if step_metrics else None,
@@ -320,7 +439,8 @@ def _validate(
         run, run.data.validation, options, run.config.num_validation_examples
     )
     writer.write(step, "validation", summary)
-    _report(step, "validation", summary, examples, run.config.num_samples)
+    if distributed.is_main_process():
+        _report(step, "validation", summary, examples, run.config.num_samples)
     return summary
 
 
@@ -332,7 +452,7 @@ def _test_params(run: Run) -> tuple[Any, str]:
     try:
         averaged = load_run(run.workdir, average_last=run.config.average_last)
     except ValueError as error:  # checkpoints deleted meanwhile: still report a test score
-        tqdm.write(f"Not averaging checkpoints ({error}); testing the final params")
+        _log(f"Not averaging checkpoints ({error}); testing the final params")
         return None, "the final params"
     return averaged.params, f"params: {averaged.describe()}"
 
@@ -340,22 +460,29 @@ def _test_params(run: Run) -> tuple[Any, str]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train per `config` in `workdir` (resuming if it holds checkpoints), then test."""
     run = set_up_run(config, workdir)
-    writer = MetricWriter(run.workdir.metrics_path, run.workdir.tensorboard_dir)
+    writer: Any = (
+        MetricWriter(run.workdir.metrics_path, run.workdir.tensorboard_dir)
+        if distributed.is_main_process()
+        else _NoWriter()
+    )
     with writer, run.checkpointer:
         step, interrupted, validation = train(run, writer)
         if interrupted:
-            tqdm.write(
+            _log(
                 f"Stopped at step {step}; checkpoint saved in {run.checkpointer.directory}. "
                 "Run the same command to resume."
             )
             return TrainResult(step, True, validation, {})
         options = decoding_options(config, config.test_decoding)
         params, described = _test_params(run)
-        tqdm.write(f"Evaluating on the test split with {options.describe()}, {described}")
+        _log(f"Evaluating on the test split with {options.describe()}, {described}")
         test, examples = evaluate_split(run, run.data.test, options, params=params)
         if params is not None:
             test["averaged_checkpoints"] = float(config.average_last)
         writer.write(step, "test", test)
-    _report(step, "test", test, examples, config.num_samples)
-    tqdm.write(f"sacreBLEU signature: {test['bleu_signature']}")
+    if distributed.is_main_process():
+        _report(step, "test", test, examples, config.num_samples)
+        _log(f"sacreBLEU signature: {test['bleu_signature']}")
+    # Process 0 scores alone: the others wait here, not in jax's shutdown (shorter timeout).
+    distributed.barrier("finished")
     return TrainResult(step, False, validation, test)

@@ -61,14 +61,19 @@ class Workdir:
         self, config: ml_collections.ConfigDict | dict, model: TransformerConfig
     ) -> dict:
         """Write config.json (atomically) and return what was written."""
-        train = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        run_config = {"model": model.to_dict(), "train": train}
+        run_config = self.run_config(config, model)
         os.makedirs(self.path, exist_ok=True)
         temporary = self.config_path + ".tmp"
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(run_config, file, indent=2, sort_keys=True)
         os.replace(temporary, self.config_path)
         return run_config
+
+    @staticmethod
+    def run_config(config: ml_collections.ConfigDict | dict, model: TransformerConfig) -> dict:
+        """What config.json and every checkpoint record: {"model": ..., "train": ...}."""
+        train = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        return {"model": model.to_dict(), "train": train}
 
     def read_config(self) -> tuple[ml_collections.ConfigDict, TransformerConfig]:
         """(training config, model config) of config.json."""
