@@ -168,7 +168,10 @@ def evaluate(
     Returns (metrics, examples) where examples are (source, hypothesis, reference) in data order.
     Filler rows ("example_mask" 0) count for nothing.
     """
-    sums = [parallel.eval_step(state, parallel.put_batch(_model_inputs(b))) for b in batches]
+    sums = [
+        parallel.eval_step(state, parallel.put_batch(_model_inputs(b), train=False))
+        for b in batches
+    ]
     summary = summarize_metrics(sums)
     examples: list[tuple[str, str, str]] = []
     if options is not None:
