@@ -33,6 +33,14 @@ devices draw different masks. On the mesh the masks are those of the single-devi
 because jax's threefry generator is partitionable (`jax_threefry_partitionable`, on by default
 in recent jax): the random bits of an array do not depend on how it is sharded.
 
+Gradient accumulation (`micro_batches=k`, see `training.train_step`): every device splits the
+rows it holds into k strided micro-batches, so no data moves for the split. Under pmap this is
+the per-device step. On the mesh it runs under `jax.shard_map` with axis name "data", so that
+each device scans over its own micro-batches and the gradients are all-reduced once, after the
+scan (the partitioner, given the plain step, all-reduces the replicated accumulator inside the
+scan, once per micro-batch); the dropout masks are then per device, as under pmap. With k = 1
+the mesh step is the plain single-device step as described above.
+
 Steps are compiled once per `DataParallel` (static shapes: feed batches of one shape), the
 state argument of the train step is donated (its buffers are reused for the new state: do not
 use a state after passing it to `train_step`), and nothing in the step path reads back to the

@@ -19,6 +19,17 @@ sums add up exactly across steps and devices, and `summarize_metrics` divides on
 Data parallelism (`flax_transformer.parallel`) reuses these steps: with `axis_name` set (inside
 `jax.pmap`) token counts and gradients are summed over devices, so every device applies the update
 the single-device step would apply to the whole global batch.
+
+Gradient accumulation (`train_step(..., micro_batches=k)`) keeps the batch of one update and
+computes it as k strided micro-batches one after another inside the step (a `lax.scan`):
+unnormalised gradients and metric sums are added up and divided once by the global batch's
+non-pad target tokens, so the update is the whole batch's (to float32 summation order) and only
+the activation memory shrinks, to one micro-batch's. fairseq's `--update-freq` does the same to
+reach the paper's ~25k-token batches on few devices.
+
+Mixed precision: with `TransformerConfig.dtype` "bfloat16" the model computes in bfloat16 but
+params, gradients, optimizer state, softmax, logits and the loss stay float32 (see the config's
+docstring); nothing here changes with the dtype.
 """
 
 from __future__ import annotations
