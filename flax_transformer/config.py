@@ -71,6 +71,16 @@ class TransformerConfig:
     Options beyond the paper, for imported checkpoints (MarianMT, see
     `flax_transformer.interop.marian`): `activation` "silu"/"gelu_exact", `layer_norm_epsilon`
     (Marian: 1e-5), `final_logits_bias`.
+
+    `dtype` "bfloat16" (or "float16") is mixed precision: the matmuls (attention projections,
+    feed-forward, the output projection) take bfloat16 operands, and activations between layers
+    (the residual stream, the LayerNorm outputs) are bfloat16. Float32 are: the parameters
+    (cast to bfloat16 where a matmul reads them, so their gradients are float32 too) and hence
+    the optimizer state and the update; the attention logits and softmax; the LayerNorm mean and
+    variance (flax computes them, and the normalisation, in float32 and casts the output); the
+    embeddings + positions before their cast; the output logits (accumulated in float32) and so
+    the log-softmax, the loss and the metric sums. No loss scaling: bfloat16 has float32's
+    exponent range (float16 does not, and may underflow small gradients).
     """
 
     vocab_size: int = 37000
@@ -99,7 +109,7 @@ class TransformerConfig:
     # A learned bias added to the output logits (MarianMT, BART). Not in the paper: the tied
     # output projection has no bias there. The untied projection (a Dense) has its own bias.
     final_logits_bias: bool = False
-    # Compute dtype; parameters are always float32, softmax and logits are float32.
+    # Compute dtype; parameters are always float32, softmax and logits are float32 (see above).
     dtype: str = "float32"
     # "reference": the readable pure function; "fused": jax.nn.dot_product_attention (XLA's fused
     # attention; see attention.py). "fused" falls back to "reference" with attention dropout.

@@ -21,6 +21,7 @@ independent of depth). `stack_layer_params` and `unstack_layer_params` convert b
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -196,7 +197,16 @@ class Decoder(_Stack):
         super().setup()
         cfg = self.config
         if not cfg.tie_output_embedding:
-            self.logits = nn.Dense(cfg.vocab_size, dtype=cfg.compute_dtype, kernel_init=dense_init)
+            # Accumulate and return the logits in float32 (as the tied `attend` does): a bfloat16
+            # output would round every logit to 8 significant bits before the softmax and loss.
+            self.logits = nn.Dense(
+                cfg.vocab_size,
+                dtype=cfg.compute_dtype,
+                kernel_init=dense_init,
+                dot_general=functools.partial(
+                    jax.lax.dot_general, preferred_element_type=jnp.float32
+                ),
+            )
         if cfg.final_logits_bias:
             self.final_logits_bias = self.param(
                 "final_logits_bias", nn.initializers.zeros_init(), (cfg.vocab_size,), jnp.float32

@@ -33,6 +33,14 @@ devices draw different masks. On the mesh the masks are those of the single-devi
 because jax's threefry generator is partitionable (`jax_threefry_partitionable`, on by default
 in recent jax): the random bits of an array do not depend on how it is sharded.
 
+Gradient accumulation (`micro_batches=k`, see `training.train_step`): every device splits the
+rows it holds into k strided micro-batches, so no data moves for the split. Under pmap this is
+the per-device step. On the mesh it runs under `jax.shard_map` with axis name "data", so that
+each device scans over its own micro-batches and the gradients are all-reduced once, after the
+scan (the partitioner, given the plain step, all-reduces the replicated accumulator inside the
+scan, once per micro-batch); the dropout masks are then per device, as under pmap. With k = 1
+the mesh step is the plain single-device step as described above.
+
 Steps are compiled once per `DataParallel` (static shapes: feed batches of one shape), the
 state argument of the train step is donated (its buffers are reused for the new state: do not
 use a state after passing it to `train_step`), and nothing in the step path reads back to the
@@ -89,6 +97,11 @@ class DataParallel:
       label_smoothing: epsilon of the smoothed loss, for both steps (paper: 0.1).
       devices: the devices to use; default all devices ("mesh"), the local devices ("pmap"),
         or the first device ("single").
+      micro_batches: gradient accumulation (`training.train_step`): the train step computes its
+        batch as this many strided micro-batches, one after another, and applies one update,
+        the update of the whole batch. Training batches then need rows divisible by
+        num_devices * micro_batches; eval batches only by num_devices. Under the mesh every
+        device keeps its own rows in every micro-batch; under pmap each device splits its rows.
 
     Attributes:
       train_step: (state, batch) -> (state, metrics); the state is donated.
@@ -103,6 +116,7 @@ class DataParallel:
         model_config: TransformerConfig,
         label_smoothing: float = 0.1,
         devices: Sequence[jax.Device] | None = None,
+        micro_batches: int = 1,
     ) -> None:
         mode = _MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
@@ -113,8 +127,18 @@ class DataParallel:
         self.mode = mode
         self.model_config = model_config
         self.label_smoothing = label_smoothing
+        if (
+            isinstance(micro_batches, bool)
+            or not isinstance(micro_batches, int)
+            or micro_batches < 1
+        ):
+            raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
+        self.micro_batches = micro_batches
         train_fn = functools.partial(
-            training.train_step, pad_id=model_config.pad_id, label_smoothing=label_smoothing
+            training.train_step,
+            pad_id=model_config.pad_id,
+            label_smoothing=label_smoothing,
+            micro_batches=micro_batches,
         )
         eval_fn = functools.partial(
             training.eval_step, config=model_config, label_smoothing=label_smoothing
@@ -135,8 +159,24 @@ class DataParallel:
             # The single-device steps, unchanged: in/out shardings tell XLA where the data lives
             # and the partitioner adds the all-reduces. A sharding given for a whole subtree
             # (the state, the batch) applies to every array in it.
+            mesh_train_fn = train_fn
+            if micro_batches > 1:
+                # Accumulation under shard_map, written per device as under pmap: each device
+                # scans over the micro-batches of its own rows and the gradients are psummed
+                # once, after the scan. Given the plain step, the partitioner keeps the
+                # accumulated gradient replicated and so all-reduces it inside the scan, once
+                # per micro-batch (k times the gradient traffic; seen in the compiled HLO).
+                mesh_train_fn = jax.shard_map(
+                    functools.partial(train_fn, axis_name=MESH_AXIS),
+                    mesh=self.mesh,
+                    in_specs=(P(), P(MESH_AXIS)),
+                    out_specs=(P(), P()),
+                    # The scan's zero gradient starts device-invariant and the body's is
+                    # per-device; the outputs are psummed, hence the same on every device.
+                    check_vma=False,
+                )
             self.train_step = jax.jit(
-                train_fn,
+                mesh_train_fn,
                 in_shardings=(self._replicated, self._batch_sharding),
                 out_shardings=(self._replicated, self._replicated),
                 donate_argnums=0,
@@ -182,7 +222,10 @@ class DataParallel:
         return len(self.devices)
 
     def __repr__(self) -> str:
-        return f"DataParallel({self.mode!r}, num_devices={self.num_devices})"
+        return (
+            f"DataParallel({self.mode!r}, num_devices={self.num_devices}, "
+            f"micro_batches={self.micro_batches})"
+        )
 
     # ----------------------------------------------------------------------------------------
     # State
@@ -225,22 +268,34 @@ class DataParallel:
     # ----------------------------------------------------------------------------------------
     # Batches
     # ----------------------------------------------------------------------------------------
-    def check_batch_size(self, batch_size: int) -> None:
-        """Raise ValueError unless a global batch of `batch_size` rows splits evenly."""
+    def row_multiple(self, *, train: bool = True) -> int:
+        """What a global batch's row count must be a multiple of: num_devices, times
+        micro_batches for a training batch."""
+        return self.num_devices * (self.micro_batches if train else 1)
+
+    def check_batch_size(self, batch_size: int, *, train: bool = True) -> None:
+        """Raise ValueError unless a global batch of `batch_size` rows splits evenly: over the
+        devices, and for a training batch (`train`) also into `micro_batches` per device."""
         n = self.num_devices
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if batch_size % n != 0:
+        multiple = self.row_multiple(train=train)
+        if batch_size % multiple != 0:
+            divisor = f"the {n} devices"
+            if multiple != n:
+                divisor += f" x {self.micro_batches} micro-batches"
             raise ValueError(
-                f"batch_size {batch_size} is not divisible by the {n} devices; use a multiple "
-                f"of {n} (e.g. {-(-batch_size // n) * n})"
+                f"batch_size {batch_size} is not divisible by {divisor}; use a multiple "
+                f"of {multiple} (e.g. {-(-batch_size // multiple) * multiple})"
             )
 
-    def put_batch(self, batch: HostBatch) -> DeviceBatch:
+    def put_batch(self, batch: HostBatch, *, train: bool = True) -> DeviceBatch:
         """Check a host batch (dict of numpy arrays, rows first) and place it for the steps.
 
-        Every array must have the same leading (batch) dimension, divisible by `num_devices`
-        (multi-host mesh: the rows of this process; together they make the global batch).
+        Every array must have the same leading (batch) dimension, divisible by `num_devices`,
+        and for a batch of the train step (`train`, the default) by num_devices *
+        micro_batches; pass train=False for eval batches (multi-host mesh: the rows of this
+        process; together they make the global batch).
         "single": copied to the device. "mesh": sharded along rows over the mesh. "pmap":
         reshaped to [devices, rows_per_device, ...], slice i on device i.
         """
@@ -260,7 +315,7 @@ class DataParallel:
         # The global batch is the rows of every process: make_array_from_process_local_data
         # puts the processes' rows side by side (one process outside multi-host runs).
         processes = jax.process_count() if self.mode == "mesh" else 1
-        self.check_batch_size(sizes["target"] * processes)
+        self.check_batch_size(sizes["target"] * processes, train=train)
 
         if self.mode == "single":
             return jax.device_put(arrays, self.devices[0])

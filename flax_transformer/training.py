@@ -19,6 +19,17 @@ sums add up exactly across steps and devices, and `summarize_metrics` divides on
 Data parallelism (`flax_transformer.parallel`) reuses these steps: with `axis_name` set (inside
 `jax.pmap`) token counts and gradients are summed over devices, so every device applies the update
 the single-device step would apply to the whole global batch.
+
+Gradient accumulation (`train_step(..., micro_batches=k)`) keeps the batch of one update and
+computes it as k strided micro-batches one after another inside the step (a `lax.scan`):
+unnormalised gradients and metric sums are added up and divided once by the global batch's
+non-pad target tokens, so the update is the whole batch's (to float32 summation order) and only
+the activation memory shrinks, to one micro-batch's. fairseq's `--update-freq` does the same to
+reach the paper's ~25k-token batches on few devices.
+
+Mixed precision: with `TransformerConfig.dtype` "bfloat16" the model computes in bfloat16 but
+params, gradients, optimizer state, softmax, logits and the loss stay float32 (see the config's
+docstring); nothing here changes with the dtype.
 """
 
 from __future__ import annotations
@@ -42,6 +53,9 @@ Metrics = dict[str, Array]
 
 # Batch keys that the model takes as keyword arguments when present (packed batches).
 _PACKING_KEYS = ("source_positions", "target_positions", "source_segment_ids", "target_segment_ids")
+# The batch keys every step reads, and the metric sums every step returns.
+_MODEL_KEYS = ("source", "decoder_input", "target")
+_SUM_KEYS = ("loss_sum", "nll_sum", "correct", "tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +260,35 @@ def _step_dropout_key(state: TrainState, axis_name: str | None) -> Array:
     return key
 
 
+def _check_micro_batches(micro_batches: int, rows: int) -> None:
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+        raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
+    if rows % micro_batches != 0:
+        raise ValueError(
+            f"the batch's {rows} rows (per device under pmap) do not split into "
+            f"micro_batches={micro_batches}; use a multiple of {micro_batches} rows"
+        )
+
+
+def split_micro_batches(batch: Batch, micro_batches: int) -> dict[str, Array]:
+    """Every array of `batch`, [R, ...] -> [micro_batches, R / micro_batches, ...], strided.
+
+    Micro-batch j holds rows j, j + k, j + 2k, ... (k = micro_batches): the array is reshaped
+    to [R / k, k, ...] and the micro-batch axis moved to the front. Strided rather than
+    contiguous so that a batch sharded in contiguous row blocks over a mesh (R / devices rows
+    per device, a multiple of k) keeps each device's rows on that device in every micro-batch:
+    the reshape splits no device's block and the transpose is local, so no data moves.
+    """
+    rows = batch["target"].shape[0]
+    _check_micro_batches(micro_batches, rows)
+    return {
+        key: jnp.swapaxes(
+            value.reshape(rows // micro_batches, micro_batches, *value.shape[1:]), 0, 1
+        )
+        for key, value in batch.items()
+    }
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -253,6 +296,7 @@ def train_step(
     pad_id: int = 0,
     label_smoothing: float = 0.1,
     axis_name: str | None = None,
+    micro_batches: int = 1,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update on `batch`; returns the new state and the batch's metric sums.
 
@@ -261,27 +305,72 @@ def train_step(
     devices (equivalently: averaged with pmean after scaling by the device count), which makes the
     update identical to the single-device update on the whole batch even when devices hold
     different numbers of tokens. Each device draws a different dropout mask.
+
+    Gradient accumulation: `micro_batches` = k > 1 splits the batch's R rows (per device under
+    pmap) into k strided micro-batches (`split_micro_batches`; R must divide by k) that a
+    `jax.lax.scan` runs one after another, summing the *unnormalised* gradient of each
+    micro-batch's summed smoothed loss and its metric sums; the sum is divided once by the
+    non-pad target tokens of the whole global batch. The update is therefore the update of the
+    whole batch (to float32 summation order) whatever the micro-batches' padding; only the peak
+    memory changes, to the activations of one micro-batch. This is how fairseq's `--update-freq`
+    reaches the paper's ~25k-token batches on few devices: keep the batch of one update and
+    raise k until one micro-batch fits. Micro-batch j draws its dropout mask from the step's key
+    folded with j. k = 1 is the plain step (no scan, the same numbers as without the argument).
+    `grad_norm` is the norm of the final (accumulated, normalised, psummed) gradient.
+
+    Precision: params, gradients, optimizer state, logits, softmax and loss are float32 whatever
+    the model's compute dtype (`TransformerConfig.dtype`; see its docstring for bfloat16).
     Pure and free of host synchronisation: jit it (or pmap it) once.
     """
+    rows = batch["target"].shape[0]
+    _check_micro_batches(micro_batches, rows)
     weights = target_weights(batch, pad_id)
     tokens = jnp.sum(weights)
     if axis_name is not None:
         tokens = jax.lax.psum(tokens, axis_name)
     dropout_key = _step_dropout_key(state, axis_name)
 
-    def loss_fn(params: Any) -> tuple[Array, Metrics]:
+    def summed_loss(params: Any, part: Batch, key: Array) -> tuple[Array, Metrics]:
         logits = state.apply_fn(
             {"params": params},
-            batch["source"],
-            batch["decoder_input"],
+            part["source"],
+            part["decoder_input"],
             deterministic=False,
-            rngs={"dropout": dropout_key},
-            **_model_kwargs(batch),
+            rngs={"dropout": key},
+            **_model_kwargs(part),
         )
-        sums = batch_loss_sums(logits, batch["target"], weights, label_smoothing)
-        return sums["loss_sum"] / jnp.maximum(tokens, 1.0), sums
+        sums = batch_loss_sums(
+            logits, part["target"], target_weights(part, pad_id), label_smoothing
+        )
+        return sums["loss_sum"], sums
 
-    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    if micro_batches == 1:
+        # Today's step exactly: the gradient of the already normalised loss.
+        def loss_fn(params: Any) -> tuple[Array, Metrics]:
+            loss_sum, sums = summed_loss(params, batch, dropout_key)
+            return loss_sum / jnp.maximum(tokens, 1.0), sums
+
+        grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    else:
+        used = {key: batch[key] for key in (*_MODEL_KEYS, *_PACKING_KEYS) if key in batch}
+        parts = split_micro_batches(used, micro_batches)
+        grad_fn = jax.grad(summed_loss, has_aux=True)
+
+        def accumulate(carry: Any, inputs: Any) -> tuple[Any, None]:
+            grad_sum, sums_so_far = carry
+            index, part = inputs
+            grads, sums = grad_fn(state.params, part, jax.random.fold_in(dropout_key, index))
+            return (
+                jax.tree.map(jnp.add, grad_sum, grads),
+                jax.tree.map(jnp.add, sums_so_far, sums),
+            ), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        zero_sums = {key: jnp.zeros((), jnp.float32) for key in _SUM_KEYS}
+        (grad_sum, sums), _ = jax.lax.scan(
+            accumulate, (zero_grads, zero_sums), (jnp.arange(micro_batches), parts)
+        )
+        grads = jax.tree.map(lambda g: g / jnp.maximum(tokens, 1.0), grad_sum)
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
         sums = jax.lax.psum(sums, axis_name)

@@ -189,7 +189,10 @@ def evaluate(
     Filler rows ("example_mask" 0) count for nothing.
     """
     rows = rows or (lambda batch: batch)
-    sums = [parallel.eval_step(state, parallel.put_batch(_model_inputs(rows(b)))) for b in batches]
+    sums = [
+        parallel.eval_step(state, parallel.put_batch(_model_inputs(rows(b)), train=False))
+        for b in batches
+    ]
     summary = summarize_metrics(sums)
     examples: list[tuple[str, str, str]] = []
     if options is not None:

@@ -244,7 +244,9 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if not distributed.is_main_process():
         sources = open_roles(config)
         vocabulary = workdir.vocabulary(config, sources["train"])
-    data = training_data(config, sources, vocabulary, row_multiple=num_devices)
+    data = training_data(
+        config, sources, vocabulary, row_multiple=num_devices * config.micro_batches
+    )
     _log(data.summary)
     model_config = model_config_from(config, vocabulary.vocab_size)
     if data.max_length > model_config.max_len:
@@ -253,9 +255,12 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
             f"{model_config.max_len}"
         )
     parallel = DataParallel(
-        config.parallel, model_config=model_config, label_smoothing=config.label_smoothing
+        config.parallel,
+        model_config=model_config,
+        label_smoothing=config.label_smoothing,
+        micro_batches=config.micro_batches,
     )
-    parallel.check_batch_size(config.eval_batch_size)
+    parallel.check_batch_size(config.eval_batch_size, train=False)
     if config.batching == "examples":
         parallel.check_batch_size(config.batch_size)
     schedule, optimizer = optimizer_from(config, model_config)

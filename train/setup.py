@@ -39,6 +39,7 @@ _POSITIVE = (
     "max_length",
     "tokenizer_vocab_size",
     "beam_size",
+    "micro_batches",
 )
 _NON_NEGATIVE = (
     "num_validation_examples",

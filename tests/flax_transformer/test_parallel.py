@@ -45,6 +45,13 @@ DROPOUT = TINY.replace(dropout_rate=0.1, attention_dropout_rate=0.1)
 
 # float32 with different summation orders (per-device partial sums, then an all-reduce).
 RTOL, ATOL = 1e-5, 1e-6
+# Gradient accumulation: 32 rows = 4 per device, so k=4 leaves one row per device per micro-batch.
+ACCUM_BATCH = 32
+MICRO_BATCHES = (2, 4)
+# Row r's target holds TARGET_LENGTHS[r % 4] tokens, minus 2 on odd devices' (odd r // 4) longer
+# rows: every micro-batch holds another number of tokens, and so does every device.
+TARGET_LENGTHS = (9, 1, 6, 2)
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 
 
 def sgd_with_momentum() -> optax.GradientTransformation:
@@ -64,6 +71,34 @@ def translation_batch(rng: np.random.Generator, batch_size: int) -> dict[str, np
     target = random_tokens(rng, batch_size, 9, TINY.vocab_size)
     decoder_input = np.concatenate([np.full((batch_size, 1), BOS_ID, np.int32), target[:, :-1]], 1)
     return {"source": source, "decoder_input": decoder_input, "target": target}
+
+
+def accumulation_batch(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    """A batch whose strided micro-batches (rows j, j + k, ...) hold very different numbers of
+    padding tokens (see TARGET_LENGTHS): what normalising once by the whole batch is about."""
+    batch = translation_batch(rng, batch_size)
+    rows = np.arange(batch_size)
+    lengths = np.array([TARGET_LENGTHS[r % 4] for r in rows])
+    lengths = np.where(((rows // 4) % 2 == 1) & (lengths > 2), lengths - 2, lengths)
+    target = rng.integers(BOS_ID + 1, TINY.vocab_size, size=(batch_size, 9)).astype(np.int32)
+    target[np.arange(9)[None, :] >= lengths[:, None]] = TINY.pad_id
+    decoder_input = np.concatenate([np.full((batch_size, 1), BOS_ID), target[:, :-1]], 1)
+    return {**batch, "target": target, "decoder_input": decoder_input.astype(np.int32)}
+
+
+def collective_placement(hlo_text: str) -> dict[str, int]:
+    """Collectives of a compiled (SPMD-partitioned) HLO module: how many of each kind in the
+    entry computation ("entry/all-reduce") and in any other computation ("nested/..."): a while
+    loop's body (a scan) is another computation, so a collective run per micro-batch is nested."""
+    counts = {f"{where}/{kind}": 0 for where in ("entry", "nested") for kind in COLLECTIVES}
+    where = "nested"
+    for line in hlo_text.splitlines():
+        if line.endswith("{") and not line.startswith(" "):  # a computation's header
+            where = "entry" if line.startswith("ENTRY") else "nested"
+        for kind in COLLECTIVES:
+            if re.search(rf"\b{kind}(-start)?\(", line) and " = " in line:
+                counts[f"{where}/{kind}"] += 1
+    return counts
 
 
 def eval_batch(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
@@ -209,6 +244,31 @@ def eight_device_results() -> dict[str, np.ndarray]:
         for name, (parallel, start) in pmap_runs.items():
             _, metrics = run_train_steps(parallel, start, rows, 1)
             results[f"pmap_rows_on_device/{name}/{device}"] = metrics["loss_sum"][0]
+    results.update(accumulation_results(rng, state))
+    return results
+
+
+def accumulation_results(rng: np.random.Generator, state: Any) -> dict[str, np.ndarray]:
+    """micro_batches k in MICRO_BATCHES in every mode, against the un-accumulated single-device
+    step on the same batch; the collectives of the compiled mesh step; the row-count errors."""
+    batch = accumulation_batch(rng, ACCUM_BATCH)
+    results: dict[str, np.ndarray] = {"accumulation/batch/target": batch["target"]}
+    final, metrics = run_train_steps(DataParallel("single", model_config=TINY), state, batch, 2)
+    results.update(flat_leaves((final, metrics), "accumulation/reference"))
+    for mode in MODES:
+        for k in MICRO_BATCHES:
+            parallel = DataParallel(mode, model_config=TINY, micro_batches=k)
+            final, metrics = run_train_steps(parallel, state, batch, 2)
+            results.update(flat_leaves((final, metrics), f"accumulation/{mode}/{k}"))
+            results[f"accumulation/errors/{mode}/{k}"] = np.array(
+                error_message(lambda p=parallel: p.put_batch(translation_batch(rng, 24)))
+            )
+    # The compiled mesh step (after SPMD partitioning), with and without accumulation.
+    for k in (1, 4):
+        parallel = DataParallel("mesh", model_config=TINY, micro_batches=k)
+        lowered = parallel.train_step.lower(parallel.put_state(state), parallel.put_batch(batch))
+        for name, count in collective_placement(lowered.compile().as_text()).items():
+            results[f"accumulation/collectives/{k}/{name}"] = np.array(count)
     return results
 
 
@@ -430,6 +490,62 @@ def test_summarize_metrics_takes_the_metrics_as_returned(
     """No device axis to remove first: under pmap the step returns one copy of the sums."""
     expected = eight_devices["summary/single/loss"]
     np.testing.assert_allclose(eight_devices[f"summary/{mode}/loss"], expected, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation on 8 devices
+# ---------------------------------------------------------------------------------------------
+def test_accumulation_batch_has_uneven_micro_batches_and_devices(
+    eight_devices: dict[str, np.ndarray],
+) -> None:
+    """Precondition: per-micro-batch or per-device normalisation would be wrong on this batch."""
+    counted = eight_devices["accumulation/batch/target"] != TINY.pad_id
+    per_device = counted.reshape(NUM_DEVICES, -1).sum(axis=1)
+    assert len(set(per_device.tolist())) > 1
+    for k in MICRO_BATCHES:
+        per_micro_batch = [int(counted[j::k].sum()) for j in range(k)]
+        assert max(per_micro_batch) >= 3 * min(per_micro_batch), per_micro_batch
+
+
+@pytest.mark.parametrize("k", MICRO_BATCHES)
+@pytest.mark.parametrize("mode", MODES)
+def test_accumulated_steps_match_the_whole_batch_step(
+    eight_devices: dict[str, np.ndarray], mode: str, k: int
+) -> None:
+    """Two updates with k micro-batches (per device under pmap and mesh): the params, momentum,
+    step and metric sums of two un-accumulated single-device updates on the same batch."""
+    reference = section(eight_devices, "accumulation/reference")
+    assert_trees_close(section(eight_devices, f"accumulation/{mode}/{k}"), reference)
+
+
+@pytest.mark.parametrize("mode", ["mesh", "pmap"])
+@pytest.mark.parametrize("k", MICRO_BATCHES)
+def test_accumulation_needs_rows_divisible_by_devices_times_micro_batches(
+    eight_devices: dict[str, np.ndarray], mode: str, k: int
+) -> None:
+    expected = (
+        f"batch_size 24 is not divisible by the 8 devices x {k} micro-batches; use a multiple "
+        f"of {8 * k} (e.g. 32)"
+    )
+    assert str(eight_devices[f"accumulation/errors/{mode}/{k}"]) == expected
+
+
+@pytest.mark.parametrize("k", MICRO_BATCHES)
+def test_single_device_accumulation_takes_any_multiple_of_k(
+    eight_devices: dict[str, np.ndarray], k: int
+) -> None:
+    assert str(eight_devices[f"accumulation/errors/single/{k}"]) == ""  # 24 rows = 24/k x k
+
+
+def test_mesh_accumulation_adds_no_collective(eight_devices: dict[str, np.ndarray]) -> None:
+    """The compiled mesh step with k=4 communicates what the step without accumulation does:
+    all-reduces only, all after the scan (none in its body, which would run once per
+    micro-batch), and the strided split moves no rows (no all-to-all, all-gather, permute)."""
+    plain = section(eight_devices, "accumulation/collectives/1")
+    accumulated = section(eight_devices, "accumulation/collectives/4")
+    assert plain["entry/all-reduce"] >= 1
+    assert accumulated == plain
+    assert all(count == 0 for name, count in accumulated.items() if name != "entry/all-reduce")
 
 
 if __name__ == "__main__":

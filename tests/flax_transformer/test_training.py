@@ -9,6 +9,7 @@ per optimizer and batch shape, so the module shares its states and batch through
 from __future__ import annotations
 
 import math
+import re
 
 import chex
 import jax
@@ -623,3 +624,259 @@ def test_eval_step_matches_the_numpy_transformer(adam_state, pad_id):
     _assert_sums_match_reference(sums, _reference_sums(config, adam_state.params, batch))
     from_params = jit_eval_step(adam_state.params, batch, config=config)
     chex.assert_trees_all_equal(host(from_params), host(sums))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation (train_step(..., micro_batches=k))
+# ---------------------------------------------------------------------------------------------
+jit_accumulated_step = jax.jit(train_step, static_argnames="micro_batches")
+# Row r's target holds TARGET_LENGTHS[r % 4] tokens. Strided micro-batches (rows j, j + k, ...)
+# then hold very different token counts: k=2 -> 30 and 6, k=4 -> 18, 2, 12 and 4 (8 rows).
+TARGET_LENGTHS = (9, 1, 6, 2)
+ACCUM_ROWS = 8
+
+
+def uneven_padding_batch(rng, rows=ACCUM_ROWS, src_len=7, config=NO_DROPOUT):
+    tgt_len = max(TARGET_LENGTHS)
+    target = rng.integers(1, config.vocab_size, size=(rows, tgt_len)).astype(np.int32)
+    lengths = np.array([TARGET_LENGTHS[r % len(TARGET_LENGTHS)] for r in range(rows)])
+    target[np.arange(tgt_len)[None, :] >= lengths[:, None]] = config.pad_id
+    decoder_input = np.concatenate([np.full((rows, 1), START_ID), target[:, :-1]], axis=1)
+    return {
+        "source": random_tokens(rng, rows, src_len, config.vocab_size, config.pad_id),
+        "decoder_input": decoder_input.astype(np.int32),
+        "target": target,
+    }
+
+
+def independent_summed_loss(config, params, batch):
+    """Smoothed cross-entropy summed (not averaged) over non-pad targets, from optax's pieces."""
+    logits = Transformer(config).apply({"params": params}, batch["source"], batch["decoder_input"])
+    labels = optax.smooth_labels(jax.nn.one_hot(batch["target"], config.vocab_size), SMOOTHING)
+    per_token = optax.softmax_cross_entropy(logits, labels)
+    return jnp.sum(jnp.where(batch["target"] != config.pad_id, per_token, 0.0))
+
+
+jit_independent_summed_grad = jax.jit(
+    jax.grad(lambda params, batch: independent_summed_loss(NO_DROPOUT, params, batch))
+)
+
+
+@pytest.fixture(scope="module")
+def uneven_batch():
+    return uneven_padding_batch(np.random.default_rng(11))
+
+
+def _micro_batch_tokens(batch, k):
+    return [int((batch["target"][j::k] != 0).sum()) for j in range(k)]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_accumulated_step_equals_the_whole_batch_step(sgd_state, uneven_batch, k):
+    """k micro-batches with very different padding: the same update and metric sums as one
+    step on the whole batch (normalised once by the whole batch's tokens)."""
+    tokens = _micro_batch_tokens(uneven_batch, k)
+    assert max(tokens) >= 3 * min(tokens), tokens  # precondition: very different padding
+    whole_state, whole = jit_train_step(sgd_state, uneven_batch)
+    state, metrics = jit_accumulated_step(sgd_state, uneven_batch, micro_batches=k)
+    assert int(state.step) == 1
+    chex.assert_trees_all_close(host(state.params), host(whole_state.params), rtol=1e-5, atol=1e-7)
+    for key in ("loss_sum", "nll_sum", "grad_norm"):
+        np.testing.assert_allclose(metrics[key], whole[key], rtol=1e-5, err_msg=key)
+    for key in ("correct", "tokens"):
+        assert float(metrics[key]) == float(whole[key]), key
+    assert float(metrics["tokens"]) == sum(tokens)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_accumulated_gradient_is_the_sum_of_separate_micro_batch_gradients(
+    sgd_state, uneven_batch, k
+):
+    """Reference: one jax.grad call per micro-batch (rows j::k, sliced in NumPy) of the summed
+    loss written with optax's pieces, added in float64 and divided by all the batch's tokens.
+    A per-micro-batch normalisation (the mean of the micro-batches' mean gradients) is far from
+    it on this batch, so the comparison tells the two apart."""
+    parts = [{key: value[j::k] for key, value in uneven_batch.items()} for j in range(k)]
+    tokens = _micro_batch_tokens(uneven_batch, k)
+    grads = [host(jit_independent_summed_grad(sgd_state.params, part)) for part in parts]
+    expected = jax.tree.map(lambda *g: sum(np.float64(x) for x in g) / sum(tokens), *grads)
+    per_micro_batch_means = jax.tree.map(
+        lambda *g: np.mean([np.float64(x) / n for x, n in zip(g, tokens, strict=True)], 0), *grads
+    )
+    state, _ = jit_accumulated_step(sgd_state, uneven_batch, micro_batches=k)
+    applied = jax.tree.map(
+        lambda new, old: (np.float64(new) - np.float64(old)) / -SGD_LR,
+        host(state.params),
+        host(sgd_state.params),
+    )
+    chex.assert_trees_all_close(applied, expected, rtol=1e-4, atol=2e-6)
+    wrong = jax.tree.leaves(per_micro_batch_means)
+    assert any(
+        not np.allclose(w, e, rtol=1e-2, atol=1e-4)
+        for w, e in zip(wrong, jax.tree.leaves(expected), strict=True)
+    )
+
+
+def packed_batch():
+    """Four rows of two packed examples each, segment lengths differing per row: a split that
+    paired a row's tokens with another row's segment ids or positions would change the loss."""
+    rng = np.random.default_rng(12)
+    source_lengths = [(3, 4), (2, 2), (5, 1), (1, 3)]
+    target_lengths = [(2, 5), (3, 1), (1, 4), (4, 2)]
+    batch = {}
+    for side, lengths, width in (("source", source_lengths, 8), ("target", target_lengths, 8)):
+        tokens = np.zeros((4, width), np.int32)
+        segments = np.zeros((4, width), np.int32)
+        positions = np.zeros((4, width), np.int32)
+        for row, (a, b) in enumerate(lengths):
+            tokens[row, : a + b] = rng.integers(2, NO_DROPOUT.vocab_size, size=a + b)
+            segments[row, :a], segments[row, a : a + b] = 1, 2
+            positions[row, :a], positions[row, a : a + b] = np.arange(a), np.arange(b)
+        batch[side] = tokens
+        batch[f"{side}_segment_ids"] = segments
+        batch[f"{side}_positions"] = positions
+    # Each packed example's decoder input: the start token, then its own target shifted right.
+    decoder_input = np.zeros_like(batch["target"])
+    for row, (a, b) in enumerate(target_lengths):
+        for start, length in ((0, a), (a, b)):
+            decoder_input[row, start] = START_ID
+            end = start + length
+            decoder_input[row, start + 1 : end] = batch["target"][row, start : end - 1]
+    batch["decoder_input"] = decoder_input
+    return batch
+
+
+def test_accumulation_splits_the_packing_keys_with_the_rows(sgd_state):
+    batch = packed_batch()
+    whole_state, whole = jit_train_step(sgd_state, batch)
+    state, metrics = jit_accumulated_step(sgd_state, batch, micro_batches=2)
+    chex.assert_trees_all_close(host(state.params), host(whole_state.params), rtol=1e-5, atol=1e-7)
+    for key in SUM_KEYS:
+        np.testing.assert_allclose(metrics[key], whole[key], rtol=1e-5, err_msg=key)
+    # The packing keys matter: without them (one example per row) the loss is another.
+    unpacked = {key: batch[key] for key in ("source", "decoder_input", "target")}
+    _, plain = jit_accumulated_step(sgd_state, unpacked, micro_batches=2)
+    assert abs(float(plain["loss_sum"]) - float(whole["loss_sum"])) > 1e-3
+
+
+def test_each_micro_batch_draws_its_own_dropout_mask(adam_state, batch):
+    """Two copies of one row, k=2: micro-batch j is copy j, with dropout key
+    fold_in(fold_in(state key, step), j). The loss is the sum of the two losses under those keys,
+    and they differ: the masks differ."""
+    row = {key: np.repeat(value[:1], 2, axis=0) for key, value in batch.items()}
+    step = 3
+    _, metrics = jit_accumulated_step(adam_state.replace(step=step), row, micro_batches=2)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(adam_state.dropout_key), step)
+    one_row = {key: value[:1] for key, value in row.items()}
+    tokens = float((one_row["target"] != TINY.pad_id).sum())
+    losses = [
+        tokens * float(jit_independent_dropout_loss(adam_state.params, one_row, key))
+        for key in (jax.random.fold_in(step_key, 0), jax.random.fold_in(step_key, 1))
+    ]
+    assert abs(losses[0] - losses[1]) > 1e-3
+    np.testing.assert_allclose(metrics["loss_sum"], sum(losses), rtol=1e-5)
+
+
+def test_micro_batches_must_be_a_positive_int_dividing_the_rows(sgd_state, uneven_batch):
+    message = (
+        "the batch's 8 rows (per device under pmap) do not split into micro_batches=3; "
+        "use a multiple of 3 rows"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_step(sgd_state, uneven_batch, micro_batches=3)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="micro_batches must be a positive int, got"):
+            train_step(sgd_state, uneven_batch, micro_batches=bad)
+        with pytest.raises(ValueError, match="micro_batches must be a positive int, got"):
+            ft.DataParallel("single", model_config=NO_DROPOUT, micro_batches=bad)
+
+
+def test_put_batch_and_check_batch_size_name_the_micro_batches(uneven_batch):
+    parallel = ft.DataParallel("single", model_config=NO_DROPOUT, micro_batches=3)
+    message = (
+        "batch_size 8 is not divisible by the 1 devices x 3 micro-batches; use a multiple of 3 "
+        "(e.g. 9)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parallel.put_batch(uneven_batch)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parallel.check_batch_size(8)
+    # Evaluation batches are not split into micro-batches: any multiple of the devices.
+    parallel.check_batch_size(8, train=False)
+    assert parallel.put_batch(uneven_batch, train=False)["target"].shape == (8, 9)
+    assert parallel.row_multiple() == 3 and parallel.row_multiple(train=False) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16 compute
+# ---------------------------------------------------------------------------------------------
+BF16 = NO_DROPOUT.replace(dtype="bfloat16")
+
+
+def recording(seen):
+    """An optax transformation that passes updates through and records their dtypes (at trace
+    time): what the optimizer is given, i.e. the gradients the step applies."""
+
+    def update(updates, state, params=None):
+        seen.append(jax.tree.map(lambda g: g.dtype, updates))
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _float_dtypes(tree):
+    return {
+        leaf.dtype for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)
+    }
+
+
+def test_bf16_step_keeps_params_gradients_and_optimizer_state_float32(sgd_state, batch):
+    seen = []
+    optimizer = optax.chain(recording(seen), make_optimizer(1e-3))
+    state = create_train_state(BF16, optimizer, jax.random.key(0))
+    # The parameters are those of the float32 state (same key): compare the losses below.
+    chex.assert_trees_all_equal(host(state.params), host(sgd_state.params))
+    new_state, metrics = jax.jit(train_step)(state, batch)
+    assert seen and set(jax.tree.leaves(seen[-1])) == {jnp.dtype(jnp.float32)}
+    assert _float_dtypes(new_state.params) == {jnp.dtype(jnp.float32)}
+    assert _float_dtypes(new_state.opt_state) == {jnp.dtype(jnp.float32)}
+    assert {np.asarray(value).dtype for value in metrics.values()} == {np.dtype(np.float32)}
+    # bfloat16 really computes (the loss is not float32's to the bit) and stays close to it.
+    _, f32 = jit_train_step(sgd_state, batch)
+    assert float(metrics["loss_sum"]) != float(f32["loss_sum"])
+    np.testing.assert_allclose(metrics["loss_sum"], f32["loss_sum"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_bf16_logits_and_attention_softmax_are_float32(batch, tied):
+    """The logits are float32 values, not bfloat16 ones widened (which would round every logit
+    to 8 significant bits before the loss); the attention weights (softmax) are float32."""
+    config = BF16.replace(tie_output_embedding=tied)
+    params = ft.init_params(config, jax.random.key(0))
+    logits, variables = Transformer(config).apply(
+        {"params": params}, batch["source"], batch["decoder_input"], mutable=["intermediates"]
+    )
+    assert logits.dtype == jnp.float32
+    representable = np.asarray(logits) == np.asarray(logits.astype(jnp.bfloat16), np.float32)
+    assert representable.mean() < 0.5
+    weights = jax.tree.leaves(variables["intermediates"])
+    assert weights and {w.dtype for w in weights} == {jnp.dtype(jnp.float32)}
+
+
+def test_bf16_layer_norm_statistics_are_float32():
+    """Inputs 100 + N(0, 1) over 512 features: E[x^2] ~ 1e4, where bfloat16's spacing is 64, so
+    a bfloat16 mean and variance would be useless. The output (bfloat16) matches a float64
+    layer norm of the same inputs to bfloat16 rounding."""
+    from flax_transformer.layers import layer_norm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(100.0 + rng.standard_normal((4, 512)), jnp.bfloat16)
+    norm = layer_norm(BF16)
+    variables = norm.init(jax.random.key(0), x)
+    y = norm.apply(variables, x)
+    assert y.dtype == jnp.bfloat16
+    assert _float_dtypes(variables) == {jnp.dtype(jnp.float32)}
+    x64 = np.asarray(x, np.float64)
+    mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    expected = (x64 - mean) / np.sqrt(var + BF16.layer_norm_epsilon)
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, atol=3e-2, rtol=1e-2)

@@ -31,6 +31,20 @@ def test_bad_config_is_refused_before_data_is_read(tmp_path) -> None:
     assert not os.path.exists(tmp_path / "never")
 
 
+def test_micro_batches_reach_the_batches_and_the_train_step(tmp_path) -> None:
+    """Token-budget batches get rows divisible by devices x micro_batches (4096 tokens of
+    64-token rows: 64 rows, 63 with k=3), and the run's DataParallel accumulates over k."""
+    config = default_config.get_config()
+    config.update(parallel="single", batching="padded", max_length=64, micro_batches=3)
+    run = set_up_run(config, str(tmp_path))
+    assert run.parallel.micro_batches == 3
+    assert run.data.train[0]["target"].shape[0] == 63
+    config.update(batching="examples", batch_size=128)  # fixed rows: checked, not rounded
+    message = "batch_size 128 is not divisible by the 1 devices x 3 micro-batches"
+    with pytest.raises(ValueError, match=message):
+        set_up_run(config, str(tmp_path / "examples"))
+
+
 def test_fine_tuning_takes_the_source_model_and_tokenizer(tmp_path) -> None:
     source = Workdir(tmp_path / "source")
     text_config = default_config.get_config()

@@ -40,6 +40,8 @@ def test_the_shipped_configs_pass() -> None:
         ("tokenizer", "bpe", r"config.tokenizer must be one of \['sentencepiece', 'marian'\]"),
         ("beam_stop", "early", "beam_stop must be one of"),
         ("batch_size", 0, "config.batch_size must be positive, got 0"),
+        ("micro_batches", 0, "config.micro_batches must be positive, got 0"),
+        ("micro_batches", -2, "config.micro_batches must be positive, got -2"),
         ("clip_norm", -1.0, "config.clip_norm must be >= 0"),
         ("cooldown_fraction", 1.5, r"config.cooldown_fraction must be in \[0, 1\]"),
         ("label_smoothing", 1.0, r"config.label_smoothing must be in \[0, 1\)"),

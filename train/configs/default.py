@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "number_words"
     config.data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets, or $TFDS_DATA_DIR)
     config.batch_size = 128  # global: split over the devices
+    # Gradient accumulation: each update's batch (batch_size / batch_tokens, unchanged) is run
+    # as this many micro-batches one after another: the same update, 1/k of the activation
+    # memory (fairseq's --update-freq). Rows must divide by devices x micro_batches.
+    config.micro_batches = 1
     config.eval_batch_size = 256
 
     # Text datasets ("parallel_text": a directory of {split}.{language} files in data_path;
