@@ -32,6 +32,7 @@ from flax_transformer import TransformerConfig
 from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.data.prefetch import Prefetch
 from train.data.run_data import EvalSplit, RunData, training_data
 from train.data.sources import dataset_of, open_roles
 from train.evaluation import DecodingOptions, evaluate
@@ -263,9 +264,10 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
     validation: dict[str, float] = {}
     pending: list[Any] = []
     interval_start, step = time.perf_counter(), run.start_step
-    with _StopRequest() as stop, progress:
+    ahead = Prefetch(run.data.train, run.start_step, config.num_train_steps)  # next batches
+    with _StopRequest() as stop, progress, ahead:
         for step in range(run.start_step, config.num_train_steps):
-            batch = parallel.put_batch(run.data.train[step])
+            batch = parallel.put_batch(next(ahead))
             run.state, metrics = parallel.train_step(run.state, batch)
             pending.append(metrics)
             progress.update(1)

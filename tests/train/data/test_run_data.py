@@ -32,9 +32,15 @@ def _sources() -> dict[str, list[dict[str, str]]]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _store_dir(tmp_path, monkeypatch):
+    """Token stores in a temporary directory, not in the TFDS data directory."""
+    monkeypatch.setattr(_config, "store_dir", str(tmp_path / "token_stores"), raising=False)
+
+
 def _config(**overrides):
     config = default_config.get_config()
-    config.update(batch_size=8, eval_batch_size=4, **overrides)
+    config.update(batch_size=8, eval_batch_size=4, token_store_dir=_config.store_dir, **overrides)
     return config
 
 
