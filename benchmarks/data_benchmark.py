@@ -8,15 +8,15 @@ words, at most 100, words drawn from a Zipf-distributed word list per language),
 phase in a fresh subprocess of the Multi30k config (`train/configs/multi30k.py` with
 data_path=the corpus, max_length and pack_length 128) so that its time and peak RSS are its own:
 
-    prepare   one-time: TFDS preparation of the text files, tokenizer training (on a sample
-              beyond config.tokenizer_train_pairs), token store
+    prepare   one-time, a process each: TFDS preparation of the text files, tokenizer training
+              (on a sample beyond config.tokenizer_train_pairs), the token store
     start     set-up to the first training batch with everything prepared (run_data.training_data
               with the evaluation splits, then batches[0])
     resume    the same, then batches[--resume-step]
     loader    batches/s and target (non-pad) tokens/s of the loader alone, no model: bucketed and
               packed at 4,096 and 25,000 tokens per side, from step --resume-step on
 
-Peak RSS is the phase's process (the token store's encoding workers are listed apart). With
+Peak RSS is the phase's own process (not the token store's encoding workers). With
 `--old=DIR` (a checkout of earlier code, e.g. `git archive main | tar -x -C DIR`), start and
 resume also run on that code (same corpus and TFDS preparation) for a before/after comparison.
 Asserts nothing.
@@ -117,18 +117,21 @@ def phase(name: str, corpus: Path, work: Path, resume_step: int, loader_steps: i
     config = _config(corpus, work)
     result: dict = {}
     start = time.perf_counter()
-    if name == "prepare":
+    if name == "tfds":
+        open_roles(config)
+    elif name == "tokenizer":
+        sources = open_roles(config, ["train"])
+        mark = time.perf_counter()
+        _vocabulary(config, work, sources["train"])
+        result["train_s"] = time.perf_counter() - mark
+    elif name == "store":
         from train.data.run_data import training_store
 
-        sources = open_roles(config)
-        result["tfds_s"] = time.perf_counter() - start
-        mark = time.perf_counter()
+        sources = open_roles(config, ["train"])
         vocabulary = _vocabulary(config, work, sources["train"])
-        result["tokenizer_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        store = training_store(config, sources["train"], vocabulary, log=None)
-        result["store_s"] = time.perf_counter() - mark
-        result["pairs"] = len(store)
+        result["pairs"] = len(training_store(config, sources["train"], vocabulary, log=None))
+        result["build_s"] = time.perf_counter() - mark
     elif name in ("start", "resume"):
         sources = open_roles(config)
         vocabulary = _vocabulary(config, work, sources["train"])
@@ -155,7 +158,6 @@ def phase(name: str, corpus: Path, work: Path, resume_step: int, loader_steps: i
                 result[f"{mode}_{tokens}"] = (loader_steps / seconds, targets / seconds)
     result["seconds"] = time.perf_counter() - start
     result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    result["workers_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     return result
 
 
@@ -196,36 +198,35 @@ def main() -> None:
         if not (corpus / "train.de").exists():
             write_corpus(corpus, pairs)
         print(f"\n## {pairs:,} pairs (corpus written in {time.perf_counter() - mark:.0f} s)\n")
-        rows = []
-        prepare = run_phase("prepare", corpus, work, args, REPOSITORY)
-        rows.append(("prepare: TFDS", f"{prepare['tfds_s']:.1f} s", ""))
-        rows.append(("prepare: tokenizer training", f"{prepare['tokenizer_s']:.1f} s", ""))
-        rows.append((
-            "prepare: token store", f"{prepare['store_s']:.1f} s",
-            f"{prepare['rss_gb']:.2f} GB (workers {prepare['workers_rss_gb']:.2f} GB)",
-        ))  # fmt: skip
+        print("| phase | time / throughput | peak RSS |\n|---|---|---|", flush=True)
+
+        def row(*cells: str) -> None:
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+        tfds = run_phase("tfds", corpus, work, args, REPOSITORY)
+        row("prepare: TFDS (text files -> ArrayRecord)", f"{tfds['seconds']:.1f} s",
+            f"{tfds['rss_gb']:.2f} GB")  # fmt: skip
+        tokenizer = run_phase("tokenizer", corpus, work, args, REPOSITORY)
+        row("prepare: tokenizer training", f"{tokenizer['train_s']:.1f} s",
+            f"{tokenizer['rss_gb']:.2f} GB")  # fmt: skip
+        store = run_phase("store", corpus, work, args, REPOSITORY)
+        row(f"prepare: token store ({store['pairs']:,} pairs)", f"{store['build_s']:.1f} s",
+            f"{store['rss_gb']:.2f} GB (the building process)")  # fmt: skip
         for name in ("start", "resume"):
             result = run_phase(name, corpus, work, args, REPOSITORY)
             label = "start-up to batch 0" if name == "start" else f"resume at {args.resume_step:,}"
-            rows.append((label, f"{result['seconds']:.1f} s", f"{result['rss_gb']:.2f} GB"))
+            row(label, f"{result['seconds']:.1f} s", f"{result['rss_gb']:.2f} GB")
             if args.old:
                 old = run_phase(name, corpus, work, args, Path(args.old))
-                rows.append(
-                    (f"{label} (before)", f"{old['seconds']:.1f} s", f"{old['rss_gb']:.2f} GB")
-                )
+                row(f"{label} (before)", f"{old['seconds']:.1f} s", f"{old['rss_gb']:.2f} GB")
         loader = run_phase("loader", corpus, work, args, REPOSITORY)
         for key, value in loader.items():
             if not isinstance(value, list):
                 continue
             (mode, budget), (per_second, tokens) = key.split("_"), value
-            rows.append((
-                f"loader {mode} {int(budget):,} tokens",
+            row(f"loader {mode} {int(budget):,} tokens",
                 f"{per_second:.0f} batches/s, {tokens:,.0f} target tokens/s",
-                f"{loader['rss_gb']:.2f} GB",
-            ))  # fmt: skip
-        print("| phase | time / throughput | peak RSS |\n|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |", flush=True)
+                f"{loader['rss_gb']:.2f} GB")  # fmt: skip
     if not args.keep and not args.dir:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -278,3 +278,29 @@ def test_reading_the_prepared_text_never_imports_tensorflow(tmp_path):
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
+    from train.data import parallel_text
+
+    corpus = tmp_path / "corpus"
+    _write(corpus / "train.en", "a b\nc d\n")
+    _write(corpus / "train.de", "e f\ng h\n")
+    read: list[str] = []
+    real = parallel_text._read_and_check
+
+    def counting(path, split, role):
+        read.append(path.name)
+        return real(path, split, role)
+
+    monkeypatch.setattr(parallel_text, "_read_and_check", counting)
+    first = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert sorted(read) == ["train.de", "train.en"]
+    again = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert (
+        sorted(read) == ["train.de", "train.en"]
+        and again.info.config_name == first.info.config_name
+    )
+    _write(corpus / "train.de", "e f\ng i\n")  # same size, new content
+    edited = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert read[2:] == ["train.de"] and edited.info.config_name != first.info.config_name

@@ -52,9 +52,13 @@ def test_tokens_equal_a_direct_encode_across_workers_and_chunks(tmp_path) -> Non
         log=logged.append,
     )  # fmt: skip
     expected = [
-        (index, [*vocabulary.encode(p["source"]), EOS], [*vocabulary.encode_target(p["target"].decode()), EOS])
-        for index, p in enumerate(pairs)
-    ]  # fmt: skip
+        (
+            index,
+            [*vocabulary.encode(pair["source"]), EOS],
+            [*vocabulary.encode_target(pair["target"].decode()), EOS],
+        )
+        for index, pair in enumerate(pairs)
+    ]
     kept = [e for e in expected if max(len(e[1]), len(e[2])) <= 10]
     assert 0 < len(kept) < len(pairs)  # some pairs are too long for 10 tokens
     assert len(store) == len(kept) and store.num_dropped == len(pairs) - len(kept)
