@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 PathLike = str | os.PathLike
 SplitFiles = Mapping[str, tuple[PathLike, PathLike]]
@@ -369,7 +370,16 @@ def prepare_parallel_text(
     )
     builder = ParallelText(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        # TFDS sorts a split's examples by key in memory up to MAX_MEM_BUFFER_SIZE (1 GB) and
+        # beyond it spills to temporary files through TensorFlow, which is not installed: keep
+        # the whole split in memory instead (a one-time cost of about twice the files' size).
+        largest = max(Path(f).stat().st_size for pair in absolute.values() for f in pair)
+        buffer = max(tfds_shuffle.MAX_MEM_BUFFER_SIZE, 4 * largest)
+        previous, tfds_shuffle.MAX_MEM_BUFFER_SIZE = tfds_shuffle.MAX_MEM_BUFFER_SIZE, buffer
+        try:
+            builder.download_and_prepare()
+        finally:
+            tfds_shuffle.MAX_MEM_BUFFER_SIZE = previous
     return builder
 
 
