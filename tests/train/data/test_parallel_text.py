@@ -304,3 +304,20 @@ def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     _write(corpus / "train.de", "e f\ng i\n")  # same size, new content
     edited = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
     assert read[2:] == ["train.de"] and edited.info.config_name != first.info.config_name
+
+
+def test_a_split_larger_than_tfds_memory_buffer_is_prepared_without_tensorflow(
+    tmp_path, monkeypatch
+):
+    """TFDS spills a split over its buffer (1 GB) to disk through TensorFlow; a 10-byte buffer
+    stands in for a corpus of millions of lines."""
+    from tensorflow_datasets.core import shuffle
+
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 10)
+    corpus = tmp_path / "corpus"
+    _write(corpus / "train.en", "".join(f"line {i}\n" for i in range(50)))
+    _write(corpus / "train.de", "".join(f"zeile {i}\n" for i in range(50)))
+    builder = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    train = split_data_sources(builder)["train"]
+    assert len(train) == 50 and train[49]["target"] == b"zeile 49"
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 10  # restored
