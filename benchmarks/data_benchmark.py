@@ -16,7 +16,8 @@ data_path=the corpus, max_length and pack_length 128) so that its time and peak 
     loader    batches/s and target (non-pad) tokens/s of the loader alone, no model: bucketed and
               packed at 4,096 and 25,000 tokens per side, from step --resume-step on
 
-Peak RSS is the phase's own process (not the token store's encoding workers). With
+Peak RSS is the phase's own process (not the token store's encoding workers); the pages of the
+memory-mapped store it read count in it, and are shown apart at the end of the phase. With
 `--old=DIR` (a checkout of earlier code, e.g. `git archive main | tar -x -C DIR`), start and
 resume also run on that code (same corpus and TFDS preparation) for a before/after comparison.
 Asserts nothing.
@@ -158,7 +159,21 @@ def phase(name: str, corpus: Path, work: Path, resume_step: int, loader_steps: i
                 result[f"{mode}_{tokens}"] = (loader_steps / seconds, targets / seconds)
     result["seconds"] = time.perf_counter() - start
     result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # The memory-mapped store's pages count in RSS but are file-backed (the page cache, shared
+    # by every process reading the store, dropped under pressure): show them apart.
+    status = Path("/proc/self/status")
+    if status.exists():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+        for key in ("RssAnon", "RssFile"):
+            result[key] = int(fields[key].split()[0]) / 2**20
     return result
+
+
+def _rss(result: dict) -> str:
+    text = f"{result['rss_gb']:.2f} GB"
+    if "RssAnon" in result:
+        text += f" (at the end: {result['RssAnon']:.2f} anonymous, {result['RssFile']:.2f} file)"
+    return text
 
 
 def run_phase(name: str, corpus: Path, work: Path, args: argparse.Namespace, code: Path) -> dict:
@@ -215,7 +230,7 @@ def main() -> None:
         for name in ("start", "resume"):
             result = run_phase(name, corpus, work, args, REPOSITORY)
             label = "start-up to batch 0" if name == "start" else f"resume at {args.resume_step:,}"
-            row(label, f"{result['seconds']:.1f} s", f"{result['rss_gb']:.2f} GB")
+            row(label, f"{result['seconds']:.1f} s", _rss(result))
             if args.old:
                 old = run_phase(name, corpus, work, args, Path(args.old))
                 row(f"{label} (before)", f"{old['seconds']:.1f} s", f"{old['rss_gb']:.2f} GB")
@@ -226,7 +241,7 @@ def main() -> None:
             (mode, budget), (per_second, tokens) = key.split("_"), value
             row(f"loader {mode} {int(budget):,} tokens",
                 f"{per_second:.0f} batches/s, {tokens:,.0f} target tokens/s",
-                f"{loader['rss_gb']:.2f} GB")  # fmt: skip
+                _rss(loader))  # fmt: skip
     if not args.keep and not args.dir:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -337,7 +337,7 @@ def prepare_parallel_text(
     """
     _check_language_codes(source_language, target_language)
     split_files = _split_files(files_or_directory, source_language, target_language)
-    sha256 = {}
+    sha256, lines = {}, {}
     remember: tuple[Path, list] = (Path(data_dir) / "parallel_text" / "checked_files", [])
     for split, (source_path, target_path) in split_files.items():
         source = _check_file(source_path, split, f"source ({source_language})", *remember)
@@ -349,6 +349,7 @@ def prepare_parallel_text(
                 "line i of the other, so the counts must match"
             )
         sha256[split] = (source.sha256, target.sha256)
+        lines[split] = source.line_count
     _remember(remember[1])
     absolute = {
         split: (str(source.resolve()), str(target.resolve()))
@@ -373,8 +374,11 @@ def prepare_parallel_text(
         # TFDS sorts a split's examples by key in memory up to MAX_MEM_BUFFER_SIZE (1 GB) and
         # beyond it spills to temporary files through TensorFlow, which is not installed: keep
         # the whole split in memory instead (a one-time cost of about twice the files' size).
-        largest = max(Path(f).stat().st_size for pair in absolute.values() for f in pair)
-        buffer = max(tfds_shuffle.MAX_MEM_BUFFER_SIZE, 4 * largest)
+        largest = max(
+            sum(Path(f).stat().st_size for f in absolute[split]) + 256 * lines[split]
+            for split in absolute
+        )  # the text, and a generous bound on each record's key and framing
+        buffer = max(tfds_shuffle.MAX_MEM_BUFFER_SIZE, 2 * largest)
         previous, tfds_shuffle.MAX_MEM_BUFFER_SIZE = tfds_shuffle.MAX_MEM_BUFFER_SIZE, buffer
         try:
             builder.download_and_prepare()
