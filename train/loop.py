@@ -16,19 +16,20 @@ differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save
 return; a second Ctrl-C aborts at once.
 
 Multi-process runs (`train.distributed`, "mesh" only): the mesh spans every device of every
-process; each process builds the same global batches and feeds only its rows of each
-(`_process_rows`). Process 0 alone trains or writes the tokenizer (the others wait, then read
-it), writes config.json, metrics.jsonl and TensorBoard, prints the log lines and the progress
-bar, and scores decoded outputs; every process saves each checkpoint together with the others
-(global arrays replicated over the mesh), and all must agree on the step they resume from. A
-stop is a SIGTERM to any one process: jax's preemption service (which owns SIGTERM then) makes
-every process stop after the same step and save; SIGINT aborts without saving.
+process; each process builds and feeds only its rows of each global training batch (the
+batchers' process_index/process_count) and of each evaluation batch (`_process_rows`). Process
+0 alone prepares the data, trains or writes the tokenizer and builds the token store (the
+others wait, then read them), writes config.json, metrics.jsonl and TensorBoard, prints the log
+lines and the progress bar, and scores decoded outputs; every process saves each checkpoint
+together with the others (global arrays replicated over the mesh), and all must agree on the
+step they resume from. A stop is a SIGTERM to any one process: jax's preemption service (which
+owns SIGTERM then) makes every process stop after the same step and save; SIGINT aborts without
+saving.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 import threading
 import time
@@ -49,7 +50,8 @@ from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
 from train import distributed
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
-from train.data.run_data import EvalSplit, RunData, training_data
+from train.data.prefetch import Prefetch
+from train.data.run_data import EvalSplit, RunData, training_data, training_store
 from train.data.sources import dataset_of, open_roles
 from train.evaluation import DecodingOptions, evaluate
 from train.metric_writers import MetricWriter
@@ -104,8 +106,8 @@ def _process_rows(batch: Mapping[str, np.ndarray], index: int, count: int) -> di
     R / count) of every array (R rows, divisible by `count`), the rows that
     `jax.make_array_from_process_local_data` places on that process's devices of the mesh.
 
-    Temporary: the batchers will build only these rows themselves (process_index /
-    process_count arguments); this is the one place that slices.
+    For evaluation batches, which are small and built whole on every process; training batches
+    are built as each process's share by the batchers themselves (process_index/process_count).
     """
     if count == 1:
         return dict(batch)
@@ -235,17 +237,24 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         )
     init_from = _start_from(config, workdir)
     num_devices = device_count(config.parallel)  # batches split evenly over the devices
-    # Process 0 prepares the data (TFDS writes it under config.data_dir, maybe shared) and
-    # trains the tokenizer; the others wait, then read what it wrote.
+    # Process 0 prepares the data (TFDS writes it under config.data_dir, maybe shared), trains
+    # the tokenizer and builds the token store; the others wait, then read what it wrote.
     if distributed.is_main_process():
         sources = open_roles(config)
         vocabulary = workdir.vocabulary(config, sources["train"])
-    distributed.barrier("data and tokenizer")
+        training_store(config, sources["train"], vocabulary, log=_log)
+    distributed.barrier("data, tokenizer and token store")
     if not distributed.is_main_process():
         sources = open_roles(config)
         vocabulary = workdir.vocabulary(config, sources["train"])
     data = training_data(
-        config, sources, vocabulary, row_multiple=num_devices * config.micro_batches
+        config,
+        sources,
+        vocabulary,
+        row_multiple=num_devices * config.micro_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        log=None,  # the store's line was logged above
     )
     _log(data.summary)
     model_config = model_config_from(config, vocabulary.vocab_size)
@@ -393,10 +402,10 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
     validation: dict[str, float] = {}
     pending: list[Any] = []
     interval_start, step = time.perf_counter(), run.start_step
-    rows = functools.partial(_process_rows, index=jax.process_index(), count=jax.process_count())
-    with _StopRequest() as stop, progress:
+    ahead = Prefetch(run.data.train, run.start_step, config.num_train_steps)  # next batches
+    with _StopRequest() as stop, progress, ahead:
         for step in range(run.start_step, config.num_train_steps):
-            batch = parallel.put_batch(rows(run.data.train[step]))
+            batch = parallel.put_batch(next(ahead))  # this process's rows of the global batch
             run.state, metrics = parallel.train_step(run.state, batch)
             pending.append(metrics)
             progress.update(1)

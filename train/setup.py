@@ -48,6 +48,7 @@ _NON_NEGATIVE = (
     "pack_length",
     "eval_max_length",
     "tokenizer_train_pairs",
+    "token_store_workers",
     "clip_norm",
 )
 
@@ -64,6 +65,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.cooldown_fraction must be in [0, 1], got {config.cooldown_fraction}"
         )
+    if not 0.0 < config.pack_fill <= 1.0:
+        raise ValueError(f"config.pack_fill must be in (0, 1], got {config.pack_fill}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
     choices = {

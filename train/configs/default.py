@@ -44,7 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     # as tokenizer.model. "marian": an imported MarianMT model's (python -m train.convert_marian).
     config.tokenizer = "sentencepiece"
     config.tokenizer_vocab_size = 8000
-    config.tokenizer_train_pairs = 0  # 0 = every training pair; else an evenly spread subset
+    # Pairs the tokenizer trains on: an evenly spread sample of this many when the training split
+    # is larger (memory and time of SentencePiece grow with the text); 0 = every pair.
+    config.tokenizer_train_pairs = 500_000
     # "examples": batch_size pairs per batch, rows padded to the data's longest pair (the built-in
     # task's). "padded", "bucketed" or "packed": about batch_tokens tokens per side per batch,
     # for text (see train/data/run_data.py).
@@ -52,6 +54,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_tokens = 4096
     config.max_length = 128  # training pairs with a longer side (with eos) are dropped
     config.pack_length = 0  # packed row length; 0 = max_length
+    # Packed batches: each epoch is cut into one chunk per batch holding about pack_fill *
+    # batch_tokens tokens on its longer side (train/data/packing.py); lower it if packing reports
+    # a pair it cannot place.
+    config.pack_fill = 0.92
+    # The training split is tokenized once into a token store (train/data/token_store.py) kept
+    # here; "" = token_stores/ in the TFDS data directory (data_dir), shared by every run on the
+    # same data, tokenizer and max_length.
+    config.token_store_dir = ""
+    config.token_store_workers = 0  # processes that tokenize when building a store; 0 = 1 per CPU
     config.eval_max_length = 0  # longest evaluation sentence accepted; 0 = model.max_len
 
     # Optimisation (paper section 5.3 / 5.4, with a short warm-up for a short run).

@@ -19,7 +19,7 @@ What follows the paper:
 The paper wrote a checkpoint every 10 minutes (about 1,400 of its base steps on 8 P100s); this
 recipe writes one every 1,500 steps. Its 27.3 BLEU is tokenized BLEU (multi-bleu.perl on
 tokenized, compound-split text); sacreBLEU of the detokenized output, what this reports, runs
-about 1 point lower for the same translations.
+lower for the same translations (Post 2018, "A Call for Clarity in Reporting BLEU Scores").
 
 Fewer than 8 accelerators: keep the update's 25,000 tokens and split it, e.g. on one GPU
 `--config.micro_batches=8` (eight micro-batches of ~3,100 tokens accumulated in one step: the same

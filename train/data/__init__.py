@@ -6,7 +6,10 @@ parallel_text      your {split}.{language} text files as a TFDS builder
 catalog            TFDS catalog translation datasets (wmt14_translate/de-en, ...)
 vocabulary         one protocol, three vocabularies: words, SentencePiece, MarianMT's
 tokenizer_training SentencePiece shared by both languages, trained deterministically
-batching           tokenize once; fixed-rows, padded and bucketed batches; evaluation batches
-packing            several pairs per row, with segment ids and positions
+batching           tokenize (small splits); fixed-rows, padded and bucketed batches, lazy;
+                   evaluation batches
+token_store        a training split tokenized once, on disk, memory-mapped, shared by runs
+packing            several pairs per row, with segment ids and positions; epochs packed per chunk
+prefetch           the next batches built in a background thread, ahead of the train step
 run_data           a config's training batches and evaluation splits, ready for the loop
 """

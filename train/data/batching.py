@@ -1,4 +1,4 @@
-"""Batches for translation: tokenize once, then length buckets, fixed rows or (train.data.packing)
+"""Batches for translation: tokenize, then length buckets, fixed rows or (train.data.packing)
 sequence packing.
 
 Sentences vary in length (Multi30k: 3 to 70 SentencePiece tokens), so batches of a fixed number
@@ -7,8 +7,10 @@ to each batch's own longest sentence give a new shape, hence a new compilation, 
 step. The paper batches "by approximate sequence length", about 25,000 source and 25,000 target
 tokens per batch (section 5.1). Here:
 
-    tokenize_split      encode every pair once: source + [eos], target + [eos]; drop (and count)
-                        the pairs longer than the length limit
+    tokenize_split      encode every pair of a (small) split in memory: source + [eos],
+                        target + [eos]; drop (and count) the pairs longer than the length limit.
+                        Training splits go to an on-disk store instead (train.data.token_store),
+                        which the batchers read the same way
     BucketedBatches     each pair goes to the shortest bucket length >= its longer side; a batch of
                         bucket length L has batch_tokens // L rows; every shape is one of a small
                         fixed set, so the train step compiles once per bucket
@@ -21,6 +23,15 @@ All are random-access and infinite: `batches[step]` is a pure function of (data,
 resuming needs only the step number. Pairs are reshuffled every epoch and every epoch visits
 every kept pair exactly once; the last, partial batch of an epoch (or of a bucket) is completed
 with all-pad filler rows, which carry no loss.
+
+Lazy: a batcher holds the per-pair lengths and, for the one or two epochs in use, per-pair index
+arrays (a few bytes per pair); `batches[step]` reads only that step's pairs. Every epoch has the
+same number of batches (`len(batches)`), so finding a step's epoch is a division and resuming at
+any step costs what starting costs.
+
+Processes: a batcher built with `process_index=p, process_count=P` returns from `batches[step]`
+rows [p * R / P, (p + 1) * R / P) of the global batch of R rows (R must be a multiple of P),
+building only those: concatenating the P processes' batches gives the global batch.
 
 A batch is a dict of int32 arrays [rows, length], right-padded with the pad id:
 
@@ -54,9 +65,11 @@ Batch = dict[str, np.ndarray]
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class TokenizedSplit:
-    """Every kept pair of a split as token ids, each side ending with eos.
+    """Every kept pair of a split as token ids, each side ending with eos, in memory.
 
     `example_index[i]` is the position of pair i in the original data source (for references).
+    `train.data.token_store.TokenStore` offers the same attributes, read from disk; the batchers
+    accept either ("a split").
     """
 
     sources: list[np.ndarray]
@@ -67,10 +80,11 @@ class TokenizedSplit:
     def __len__(self) -> int:
         return len(self.sources)
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
-        """[num_pairs, 2]: source and target length (with eos)."""
-        return np.array([[len(s), len(t)] for s, t in zip(self.sources, self.targets, strict=True)])
+        """int32 [num_pairs, 2]: source and target length (with eos)."""
+        lengths = [[len(s), len(t)] for s, t in zip(self.sources, self.targets, strict=True)]
+        return np.array(lengths, np.int32).reshape(-1, 2)
 
 
 def tokenize_split(
@@ -152,6 +166,25 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def check_process(process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index must be in [0, process_count) and process_count >= 1, got "
+            f"process_index={process_index}, process_count={process_count}"
+        )
+
+
+def process_rows(rows: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[first, end) of this process's rows of a global batch of `rows` rows."""
+    if rows % process_count:
+        raise ValueError(
+            f"a batch of {rows} rows does not split over {process_count} processes: make the "
+            "row multiple (the global device count) a multiple of the process count"
+        )
+    share = rows // process_count
+    return process_index * share, (process_index + 1) * share
+
+
 def _pad_rows(rows: list[np.ndarray], num_rows: int, length: int, pad_id: int) -> np.ndarray:
     batch = np.full((num_rows, length), pad_id, np.int32)
     for index, row in enumerate(rows):
@@ -187,20 +220,30 @@ def unpacked_batch(
 
 
 class InfiniteBatches:
-    """Random access over an endless sequence of epochs of batches (see the module docstring)."""
+    """Random access over an endless sequence of epochs of batches (see the module docstring).
+
+    Subclasses set `process_index`, `process_count` and implement `__len__`, `shapes` and
+    `_batch(epoch, index)` (this process's rows of batch `index` of `epoch`).
+    """
+
+    process_index: int = 0
+    process_count: int = 1
 
     def __len__(self) -> int:
-        """Batches per epoch (for bucketed and padded batches, the same every epoch)."""
+        """Batches per epoch, the same every epoch."""
         raise NotImplementedError
 
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
+    def _batch(self, epoch: int, index: int) -> Batch:
         raise NotImplementedError
 
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             raise IndexError(f"step must be >= 0, got {step}")
         epoch, index = divmod(int(step), len(self))
-        return self._epoch_batches(epoch)[index]
+        return self._batch(epoch, index)
+
+    def _rows(self, rows: int) -> tuple[int, int]:
+        return process_rows(rows, self.process_index, self.process_count)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -215,7 +258,8 @@ class FixedRowsBatches(InfiniteBatches):
     the built-in number-words task (config.batching="examples"), whose sentences are short and
     alike. The order is grain's: the pair indices shuffled anew each epoch (epoch `e` with
     `seed + e`, grain's `MapDataset.shuffle`), batches cut from the endless stream of epochs (a
-    batch may span an epoch boundary; no pair is dropped).
+    batch may span an epoch boundary; no pair is dropped). grain's shuffle is itself lazy, so
+    `batches[step]` costs the same at every step.
     """
 
     def __init__(
@@ -228,10 +272,13 @@ class FixedRowsBatches(InfiniteBatches):
         pad_id: int,
         bos_id: int,
         seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        longest_source, longest_target = split.lengths.max(axis=0)
+        check_process(process_index, process_count)
+        longest_source, longest_target = np.asarray(split.lengths).max(axis=0)
         if longest_source > source_length or longest_target > target_length:
             raise ValueError(
                 f"a pair is ({longest_source}, {longest_target}) tokens long, longer than the "
@@ -240,6 +287,8 @@ class FixedRowsBatches(InfiniteBatches):
         self.split, self.batch_size = split, batch_size
         self.source_length, self.target_length = source_length, target_length
         self.pad_id, self.bos_id = pad_id, bos_id
+        self.process_index, self.process_count = process_index, process_count
+        self._first, self._end = self._rows(batch_size)
         # Shuffle before repeat: grain derives each epoch's permutation from the index (epoch =
         # index // len), so repeating a shuffled finite dataset reshuffles every epoch.
         indices = grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat()
@@ -252,7 +301,7 @@ class FixedRowsBatches(InfiniteBatches):
     def shapes(self) -> list[tuple[int, int]]:
         return [(self.batch_size, max(self.source_length, self.target_length))]
 
-    def _rows(self, split: TokenizedSplit, indices: Sequence[int], num_rows: int) -> Batch:
+    def _padded(self, split: TokenizedSplit, indices: Sequence[int], num_rows: int) -> Batch:
         return unpacked_batch(
             split, indices, num_rows, self.source_length, self.pad_id, self.bos_id,
             target_length=self.target_length,
@@ -261,7 +310,8 @@ class FixedRowsBatches(InfiniteBatches):
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             raise IndexError(f"step must be >= 0, got {step}")
-        return self._rows(self.split, self._indices[int(step)], self.batch_size)
+        indices = self._indices[int(step)][self._first : self._end]
+        return self._padded(self.split, indices, self._end - self._first)
 
     def evaluation_batches(self, split: TokenizedSplit, batch_size: int) -> list[Batch]:
         """Every pair of `split` once, in order, in batches of `batch_size` rows of this shape
@@ -269,11 +319,16 @@ class FixedRowsBatches(InfiniteBatches):
         and "example_mask" as in `evaluation_batches`."""
         order = np.arange(len(split))
         chunks = np.array_split(order, np.arange(batch_size, len(order), batch_size))
-        return [_indexed(self._rows(split, chunk, batch_size), split, chunk) for chunk in chunks]
+        return [_indexed(self._padded(split, chunk, batch_size), split, chunk) for chunk in chunks]
 
 
 class BucketedBatches(InfiniteBatches):
-    """Pairs grouped by length: a batch holds pairs of one bucket, padded to its length."""
+    """Pairs grouped by length: a batch holds pairs of one bucket, padded to its length.
+
+    Epoch e: with `epoch_rng(seed, e)`, each bucket's pairs are permuted and cut into batches of
+    the bucket's rows, then the batches of all buckets are permuted (consecutive steps see
+    different lengths). Only the permutations are kept (4 bytes per pair), for 2 epochs.
+    """
 
     def __init__(
         self,
@@ -285,23 +340,28 @@ class BucketedBatches(InfiniteBatches):
         bos_id: int,
         seed: int,
         row_multiple: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
     ) -> None:
         check_batch_tokens(batch_tokens, row_multiple)
+        check_process(process_index, process_count)
         bucket_lengths = sorted(set(int(length) for length in bucket_lengths))
-        longest = split.lengths.max(axis=1)
+        longest = np.asarray(split.lengths).max(axis=1)
         if longest.max() > bucket_lengths[-1]:
             raise ValueError(
                 f"a pair is {longest.max()} tokens long, longer than the longest bucket "
                 f"({bucket_lengths[-1]})"
             )
-        bucket_of = np.array([bisect.bisect_left(bucket_lengths, n) for n in longest])
+        bucket_of = np.searchsorted(bucket_lengths, longest, side="left")
         self.split = split
         self.pad_id, self.bos_id, self.seed = pad_id, bos_id, seed
+        self.process_index, self.process_count = process_index, process_count
         self.buckets = []  # (length, rows, pair indices) of each non-empty bucket
         for bucket, length in enumerate(bucket_lengths):
-            members = np.flatnonzero(bucket_of == bucket)
+            members = np.flatnonzero(bucket_of == bucket).astype(np.int32)
             if len(members):
                 rows = rows_for(batch_tokens, length, row_multiple)
+                self._rows(rows)  # raises if the rows do not split over the processes
                 self.buckets.append((length, rows, members))
         self._num_batches = sum(-(-len(m) // rows) for _, rows, m in self.buckets)
 
@@ -310,21 +370,27 @@ class BucketedBatches(InfiniteBatches):
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, length) of a global batch: the number of compilations of a train step."""
         return [(rows, length) for length, rows, _ in self.buckets]
 
     @functools.lru_cache(maxsize=2)  # noqa: B019
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
+    def _epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """(each bucket's permuted pairs, [batches, 2] (bucket, first position) in step order)."""
         rng = epoch_rng(self.seed, epoch)
-        batches = []
-        for length, rows, members in self.buckets:
-            shuffled = rng.permutation(members)
-            for start in range(0, len(shuffled), rows):
-                chunk = shuffled[start : start + rows]
-                batches.append(
-                    unpacked_batch(self.split, chunk, rows, length, self.pad_id, self.bos_id)
-                )
-        # Interleave the buckets: consecutive steps see different lengths.
-        return [batches[i] for i in rng.permutation(len(batches))]
+        shuffled, table = [], []
+        for bucket, (_, rows, members) in enumerate(self.buckets):
+            shuffled.append(rng.permutation(members))
+            table += [(bucket, start) for start in range(0, len(members), rows)]
+        # The same draws, in the same order, as when every batch was built up front.
+        return shuffled, np.array(table, np.int64)[rng.permutation(len(table))]
+
+    def _batch(self, epoch: int, index: int) -> Batch:
+        shuffled, table = self._epoch(epoch)
+        bucket, start = (int(value) for value in table[index])
+        length, rows, _ = self.buckets[bucket]
+        first, end = self._rows(rows)
+        chunk = shuffled[bucket][start : start + rows][first:end]
+        return unpacked_batch(self.split, chunk, end - first, length, self.pad_id, self.bos_id)
 
 
 class PaddedBatches(BucketedBatches):
@@ -332,7 +398,7 @@ class PaddedBatches(BucketedBatches):
     to `max_length`, the pairs of a batch drawn from the whole shuffled epoch."""
 
     def __init__(self, split: TokenizedSplit, *, max_length: int, **batch_args: Any) -> None:
-        longest = int(split.lengths.max())
+        longest = int(np.asarray(split.lengths).max())
         if longest > max_length:
             raise ValueError(
                 f"a pair is {longest} tokens long, longer than max_length {max_length}"
@@ -341,12 +407,13 @@ class PaddedBatches(BucketedBatches):
         ((self.length, self.rows, _),) = self.buckets
 
     @functools.lru_cache(maxsize=2)  # noqa: B019
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
-        order = epoch_rng(self.seed, epoch).permutation(len(self.split))
-        return [
-            unpacked_batch(self.split, chunk, self.rows, self.length, self.pad_id, self.bos_id)
-            for chunk in np.array_split(order, np.arange(self.rows, len(order), self.rows))
-        ]
+    def _order(self, epoch: int) -> np.ndarray:
+        return epoch_rng(self.seed, epoch).permutation(len(self.split)).astype(np.int32)
+
+    def _batch(self, epoch: int, index: int) -> Batch:
+        first, end = self._rows(self.rows)
+        chunk = self._order(epoch)[index * self.rows : (index + 1) * self.rows][first:end]
+        return unpacked_batch(self.split, chunk, end - first, self.length, self.pad_id, self.bos_id)
 
 
 def _indexed(batch: Batch, split: TokenizedSplit, chunk: np.ndarray) -> Batch:

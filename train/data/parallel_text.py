@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 PathLike = str | os.PathLike
 SplitFiles = Mapping[str, tuple[PathLike, PathLike]]
@@ -104,11 +105,51 @@ class _FileSummary:
     sha256: str
 
 
-def _check_file(path: Path, split: str, role: str) -> _FileSummary:
-    """Reads all of `path` once: checks every line (see `_numbered_lines`) and hashes the bytes."""
+def _check_file(
+    path: Path,
+    split: str,
+    role: str,
+    checked_dir: Path | None = None,
+    to_remember: list[tuple[Path, str]] | None = None,
+) -> _FileSummary:
+    """Reads all of `path` once: checks every line (see `_numbered_lines`) and hashes the bytes.
+
+    With `checked_dir`, the summary of a file that passed is remembered there, keyed by its
+    absolute path, size, modification time (ns) and inode: a later call on the unchanged file
+    reads nothing, so that starting a run does not re-read a large corpus.
+    Any write to the file changes its modification time, so an edited file is read again.
+    The record to write is appended to `to_remember` (written by `_remember` once every file
+    has passed: a bad file leaves nothing behind).
+    """
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise ValueError(f"split {split!r}: the {role} file {path} {what}")
+    record = None
+    if checked_dir is not None:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+        record = checked_dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        try:
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                return _FileSummary(saved["line_count"], saved["sha256"])
+        except (OSError, ValueError, KeyError):
+            pass
+    summary = _read_and_check(path, split, role)
+    if record is not None and to_remember is not None:
+        to_remember.append((record, json.dumps({"key": key, **dataclasses.asdict(summary)})))
+    return summary
+
+
+def _remember(records: list[tuple[Path, str]]) -> None:
+    for record, content in records:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temporary = record.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, record)  # atomic: a reader sees a whole record or none
+
+
+def _read_and_check(path: Path, split: str, role: str) -> _FileSummary:
     digest = hashlib.sha256()
     line_count = 0
     for _, raw, _ in _numbered_lines(path):
@@ -286,18 +327,21 @@ def prepare_parallel_text(
       data_dir: TFDS data directory; the dataset goes to
         `data_dir/parallel_text/{source}-{target}-{fingerprint}/1.0.0/`.
 
-    Every file is read (and hashed) on each call, to find its preparation; a second call with the
-    same file contents reuses the first preparation. Use `split_data_sources` to read it.
+    Every file is read (and hashed) to find its preparation, once: the result is remembered in
+    `data_dir/parallel_text/checked_files/` for the file's path, size, modification time and
+    inode (see `_check_file`). A second call with the same file contents reuses the first
+    preparation. Use `split_data_sources` to read it.
 
     Raises:
       ValueError: naming the file and line, for the problems listed in the module docstring.
     """
     _check_language_codes(source_language, target_language)
     split_files = _split_files(files_or_directory, source_language, target_language)
-    sha256 = {}
+    sha256, lines = {}, {}
+    remember: tuple[Path, list] = (Path(data_dir) / "parallel_text" / "checked_files", [])
     for split, (source_path, target_path) in split_files.items():
-        source = _check_file(source_path, split, f"source ({source_language})")
-        target = _check_file(target_path, split, f"target ({target_language})")
+        source = _check_file(source_path, split, f"source ({source_language})", *remember)
+        target = _check_file(target_path, split, f"target ({target_language})", *remember)
         if source.line_count != target.line_count:
             raise ValueError(
                 f"split {split!r}: {source_path} has {source.line_count} lines but "
@@ -305,6 +349,8 @@ def prepare_parallel_text(
                 "line i of the other, so the counts must match"
             )
         sha256[split] = (source.sha256, target.sha256)
+        lines[split] = source.line_count
+    _remember(remember[1])
     absolute = {
         split: (str(source.resolve()), str(target.resolve()))
         for split, (source, target) in split_files.items()
@@ -325,7 +371,19 @@ def prepare_parallel_text(
     )
     builder = ParallelText(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        # TFDS sorts a split's examples by key in memory up to MAX_MEM_BUFFER_SIZE (1 GB) and
+        # beyond it spills to temporary files through TensorFlow, which is not installed: keep
+        # the whole split in memory instead (a one-time cost of about twice the files' size).
+        largest = max(
+            sum(Path(f).stat().st_size for f in absolute[split]) + 256 * lines[split]
+            for split in absolute
+        )  # the text, and a generous bound on each record's key and framing
+        buffer = max(tfds_shuffle.MAX_MEM_BUFFER_SIZE, 2 * largest)
+        previous, tfds_shuffle.MAX_MEM_BUFFER_SIZE = tfds_shuffle.MAX_MEM_BUFFER_SIZE, buffer
+        try:
+            builder.download_and_prepare()
+        finally:
+            tfds_shuffle.MAX_MEM_BUFFER_SIZE = previous
     return builder
 
 

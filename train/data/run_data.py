@@ -1,6 +1,7 @@
 """A run's data, ready for the loop: training batches and evaluation splits of token ids.
 
-    sources (train.data.sources) -> tokenize_split -> batches of config.batching:
+    sources (train.data.sources) -> token store (training split, train.data.token_store) or
+    tokenize_split (evaluation splits, in memory) -> batches of config.batching:
         "examples"   FixedRowsBatches: config.batch_size pairs per batch, one shape
         "padded"     PaddedBatches: about config.batch_tokens tokens per side, one shape
         "bucketed"   BucketedBatches: a few bucket shapes
@@ -9,20 +10,25 @@
 Every dataset goes through the same path; only the vocabulary differs (the caller brings it:
 see `train.workdir.Workdir.vocabulary`). Evaluation batches follow the training batching:
 fixed rows in data order for "examples", else sorted by length into a few bucket shapes.
+
+The training split is tokenized once into a token store in `token_store_root(config)` and
+memory-mapped from there by every later run, resume and process with the same data, tokenizer
+and config.max_length; the batches read only the pairs of the step asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from train.data import batching
-from train.data.packing import PackedBatches
-from train.data.sources import DataSource, read_texts
+from train.data import batching, token_store
+from train.data.packing import DEFAULT_FILL, PackedBatches
+from train.data.sources import DataSource, data_dir, read_texts
 from train.data.vocabulary import Vocabulary
 
 # The values of config.batching: a fixed number of pairs per batch, or a token budget.
@@ -87,17 +93,19 @@ def _tokenized_eval(
 
 def token_budget_batches(
     mode: str,
-    split: batching.TokenizedSplit,
+    split: batching.TokenizedSplit | token_store.TokenStore,
     *,
     max_length: int,
     pack_length: int | None = None,
+    pack_fill: float = DEFAULT_FILL,
     **batch_args: Any,
 ) -> batching.InfiniteBatches:
     """Training batches of about `batch_tokens` tokens per side, of `mode` (TOKEN_BUDGET_MODES).
 
     `batch_args` are the batchers' common arguments (batch_tokens, pad_id, bos_id, seed,
-    row_multiple). Padded rows are `max_length` long, packed rows `pack_length` (default
-    `max_length`); buckets are `batching.default_bucket_lengths(max_length)`.
+    row_multiple, process_index, process_count). Padded rows are `max_length` long, packed rows
+    `pack_length` (default `max_length`), cut at `pack_fill` (train.data.packing); buckets are
+    `batching.default_bucket_lengths(max_length)`.
     """
     if mode == "padded":
         return batching.PaddedBatches(split, max_length=max_length, **batch_args)
@@ -105,18 +113,22 @@ def token_budget_batches(
         lengths = batching.default_bucket_lengths(max_length)
         return batching.BucketedBatches(split, bucket_lengths=lengths, **batch_args)
     if mode == "packed":
-        return PackedBatches(split, length=pack_length or max_length, **batch_args)
+        length = pack_length or max_length
+        return PackedBatches(split, length=length, fill=pack_fill, **batch_args)
     raise ValueError(f"batching mode must be one of {list(TOKEN_BUDGET_MODES)}, got {mode!r}")
 
 
 def _train_batches(
     config: ml_collections.ConfigDict,
-    split: batching.TokenizedSplit,
+    split: token_store.TokenStore,
     vocabulary: Vocabulary,
     *,
     row_multiple: int,
     row_lengths: tuple[int, int] | None,
+    process_index: int,
+    process_count: int,
 ) -> batching.InfiniteBatches:
+    shard = dict(process_index=process_index, process_count=process_count)
     if config.batching == "examples":
         source_length, target_length = row_lengths
         return batching.FixedRowsBatches(
@@ -127,6 +139,7 @@ def _train_batches(
             pad_id=vocabulary.pad_id,
             bos_id=vocabulary.bos_id,
             seed=config.seed,
+            **shard,
         )
     return token_budget_batches(
         config.batching,
@@ -138,6 +151,8 @@ def _train_batches(
         seed=config.seed,
         row_multiple=row_multiple,
         pack_length=config.pack_length or None,
+        pack_fill=config.get("pack_fill", DEFAULT_FILL),
+        **shard,
     )
 
 
@@ -165,17 +180,47 @@ def _eval_split(name: str, source: DataSource, batches: list[dict[str, np.ndarra
     return EvalSplit(name, batches, sources, references)
 
 
+def token_store_root(config: ml_collections.ConfigDict) -> str:
+    """Where training splits' token stores live: config.token_store_dir, else "token_stores" in
+    the TFDS data directory (`sources.data_dir`), beside the prepared datasets, so that every run
+    on the same data and tokenizer, whatever its workdir, finds the same store."""
+    return config.get("token_store_dir") or os.path.join(data_dir(config), "token_stores")
+
+
+def training_store(
+    config: ml_collections.ConfigDict,
+    source: DataSource,
+    vocabulary: Vocabulary,
+    log: Callable[[str], None] | None = print,
+) -> token_store.TokenStore:
+    """The training split's token store (built on first use; see train.data.token_store)."""
+    return token_store.open_or_build(
+        source,
+        vocabulary,
+        max_length=config.max_length,
+        root=token_store_root(config),
+        workers=config.get("token_store_workers", 0),
+        log=log,
+    )
+
+
 def training_data(
     config: ml_collections.ConfigDict,
     sources: Mapping[str, DataSource],
     vocabulary: Vocabulary,
     *,
     row_multiple: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+    log: Callable[[str], None] | None = print,
 ) -> RunData:
-    """Training batches and the validation and test splits of `sources` ({role: source})."""
-    train = batching.tokenize_split(
-        sources["train"], vocabulary, max_length=config.max_length, drop_long=True
-    )
+    """Training batches and the validation and test splits of `sources` ({role: source}).
+
+    The training batches are this process's share of each global batch (rows [p * R / P,
+    (p + 1) * R / P) for process p of P); the evaluation splits are whole. `log` gets one line
+    about the token store (built, with its time, or reused).
+    """
+    train = training_store(config, sources["train"], vocabulary, log=log)
     held_out = {
         role: _tokenized_eval(config, role, sources[role], vocabulary)
         for role in ("validation", "test")
@@ -185,8 +230,9 @@ def training_data(
         lengths = np.concatenate([split.lengths for split in (train, *held_out.values())])
         row_lengths = tuple(int(n) for n in lengths.max(axis=0))
     train_batches = _train_batches(
-        config, train, vocabulary, row_multiple=row_multiple, row_lengths=row_lengths
-    )
+        config, train, vocabulary, row_multiple=row_multiple, row_lengths=row_lengths,
+        process_index=process_index, process_count=process_count,
+    )  # fmt: skip
     evaluation = {
         role: _eval_split(
             role, sources[role], _eval_batches(config, split, vocabulary, train_batches)

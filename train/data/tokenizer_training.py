@@ -37,7 +37,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,23 +226,43 @@ def write_marian_tokenizer_files(
     return MarianVocabulary(models["source.spm"], models["target.spm"], pieces)
 
 
+def sample_indices(count: int, max_pairs: int) -> np.ndarray:
+    """The indices of an evenly spread, deterministic sample of `max_pairs` of `count` pairs
+    (all of them, in order, when `max_pairs` is 0 or at least `count`)."""
+    limit = min(max_pairs or count, count)
+    return np.unique(np.linspace(0, count - 1, limit).astype(np.int64))
+
+
 def load_or_train_on_split(
     path: PathLike,
     train_source: Sequence[Mapping[str, bytes | str]],
     vocab_size: int,
     *,
     max_pairs: int = 0,
+    log: Callable[[str], None] | None = print,
 ) -> SentencePieceVocabulary:
     """The vocabulary at `path`, or one trained on both sides of `train_source` and saved there.
 
-    `max_pairs` > 0 trains on an evenly spread, deterministic subset of that many pairs (only
-    those are read); 0 reads every pair.
+    `max_pairs` > 0 trains on an evenly spread, deterministic subset of that many pairs
+    (`sample_indices`; only those are read) when the split is larger; 0 reads every pair.
+    `log` gets one line when a tokenizer is trained (on how many pairs, and how long it took).
     """
     if Path(path).exists():
         return load_or_train_sentencepiece(path, [], vocab_size)
+    start = time.perf_counter()
     count = len(train_source)
-    limit = min(max_pairs or count, count)
-    indices = np.unique(np.linspace(0, count - 1, limit).astype(np.int64))
+    indices = sample_indices(count, max_pairs)
     examples = [e for _, chunk in read_in_chunks(train_source, indices) for e in chunk]
     texts = [text(e["source"]) for e in examples] + [text(e["target"]) for e in examples]
-    return load_or_train_sentencepiece(path, texts, vocab_size)
+    vocabulary = load_or_train_sentencepiece(path, texts, vocab_size)
+    if log:
+        sample = (
+            f"{len(indices):,} of {count:,} pairs, evenly spread"
+            if len(indices) < count
+            else f"all {count:,} pairs"
+        )
+        log(
+            f"Tokenizer trained on {sample} ({vocab_size:,} pieces, "
+            f"{time.perf_counter() - start:.0f} s): {path}"
+        )
+    return vocabulary

@@ -273,6 +273,16 @@ class MarianVocabulary:
         self.special_ids = {self.unk_id, self.eos_id, self.pad_id}
         self._special_pattern = re.compile("(</s>|<unk>|<pad>)")
 
+    def __getstate__(self) -> dict[str, Any]:  # pickled as its files (token store workers)
+        return {
+            "source_spm": self.source_model.serialized_model_proto(),
+            "target_spm": self.target_model.serialized_model_proto(),
+            "vocab": self.encoder,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["source_spm"], state["target_spm"], state["vocab"])
+
     @classmethod
     def from_directory(cls, directory: PathLike) -> MarianVocabulary:
         directory = Path(directory)

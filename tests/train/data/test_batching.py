@@ -89,11 +89,10 @@ def test_every_epoch_visits_every_pair_once_with_static_shapes(mode: str) -> Non
     expected = sorted(
         (tuple(s), tuple(t)) for s, t in zip(split.sources, split.targets, strict=True)
     )
-    step = 0
-    for _epoch in range(2):
-        # Packed epochs differ in length; find this epoch's end by counting pairs.
+    epochs = []
+    for epoch in range(3):  # every epoch is steps [epoch * len, (epoch + 1) * len)
         seen = []
-        while len(seen) < len(expected):
+        for step in range(epoch * len(batches), (epoch + 1) * len(batches)):
             batch = batches[step]
             rows, length = batch["source"].shape
             assert (rows, length) in batches.shapes
@@ -101,17 +100,139 @@ def test_every_epoch_visits_every_pair_once_with_static_shapes(mode: str) -> Non
             for key, value in batch.items():
                 assert value.dtype == np.int32 and value.shape == (rows, length), key
             seen += pairs_in(batch)
-            step += 1
         assert sorted(seen) == expected
-    assert batches[3]["source"].tolist() == batches[3]["source"].tolist()
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # reshuffled
     again = token_budget_batches(
         mode, split, batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=5, row_multiple=2
     )
-    assert all(np.array_equal(again[s]["target"], batches[s]["target"]) for s in (0, 7, step))
+    last = 3 * len(batches) - 1
+    for step in (last, 0, 7):  # a fresh object (a resumed run), in any order
+        for key in batches[step]:
+            assert np.array_equal(again[step][key], batches[step][key]), (step, key)
     other_seed = token_budget_batches(
         mode, split, batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=6, row_multiple=2
     )
     assert not np.array_equal(other_seed[0]["source"], batches[0]["source"])
+
+
+@pytest.mark.parametrize("mode", TOKEN_BUDGET_MODES)
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_shards_concatenate_to_the_global_batch(mode: str, process_count: int) -> None:
+    split = random_split(np.random.default_rng(7), 200)
+    common = dict(batch_tokens=256, max_length=32, pad_id=PAD, bos_id=BOS, seed=3, row_multiple=4)
+    whole = token_budget_batches(mode, split, **common)
+    shards = [
+        token_budget_batches(mode, split, process_index=p, process_count=process_count, **common)
+        for p in range(process_count)
+    ]
+    assert all(len(shard) == len(whole) for shard in shards)
+    for step in (0, 1, len(whole) - 1, len(whole) + 2):
+        parts = [shard[step] for shard in shards]
+        for key, value in whole[step].items():
+            assert all(len(part[key]) == len(value) // process_count for part in parts)
+            np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value)
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        token_budget_batches(mode, split, process_index=0, process_count=3, **common)
+    with pytest.raises(ValueError, match="process_index must be in"):
+        token_budget_batches(mode, split, process_index=2, process_count=2, **common)
+
+
+def test_fixed_rows_shards_concatenate_to_the_global_batch() -> None:
+    split = random_split(np.random.default_rng(8), 50)
+    common = dict(batch_size=8, source_length=32, target_length=32, pad_id=PAD, bos_id=BOS, seed=1)
+    whole = batching.FixedRowsBatches(split, **common)
+    shards = [batching.FixedRowsBatches(split, process_index=p, process_count=2, **common)
+              for p in range(2)]  # fmt: skip
+    for step in (0, 6, 13):
+        for key, value in whole[step].items():
+            np.testing.assert_array_equal(np.concatenate([s[step][key] for s in shards]), value)
+
+
+@pytest.mark.parametrize("mode", TOKEN_BUDGET_MODES)
+def test_a_late_step_shuffles_and_packs_only_its_own_epoch(mode: str, monkeypatch) -> None:
+    """Resuming at step 10**6 costs what starting costs: only that step's epoch is drawn (and
+    packed), never the epochs before it."""
+    split = random_split(np.random.default_rng(9), 120)
+    drawn: list[int] = []
+    module = packing if mode == "packed" else batching
+    real = module.epoch_rng
+
+    def counting(seed: int, epoch: int) -> np.random.Generator:
+        drawn.append(epoch)
+        return real(seed, epoch)
+
+    monkeypatch.setattr(module, "epoch_rng", counting)
+    packed = []
+    if mode == "packed":
+        real_pack = packing.pack_epoch
+        monkeypatch.setattr(
+            packing, "pack_epoch", lambda *a, **k: packed.append(len(a[1])) or real_pack(*a, **k)
+        )
+    common = dict(batch_tokens=128, max_length=32, pad_id=PAD, bos_id=BOS, seed=0)
+    batches = token_budget_batches(mode, split, **common)
+    packed.clear()  # construction packs a sample to check the fill (not an epoch)
+    step = 10**6
+    batch = batches[step]
+    assert drawn == [step // len(batches)]
+    assert packed == ([len(split)] if mode == "packed" else [])
+    batches[step + 1]  # the same epoch: nothing drawn again
+    assert len(drawn) == 1 or (step + 1) // len(batches) != step // len(batches)
+    fresh = token_budget_batches(mode, split, **common)
+    assert all(np.array_equal(fresh[step][k], v) for k, v in batch.items())
+
+
+def test_pack_epoch_cuts_chunks_by_the_longer_side_and_fills_rows_first_fit_decreasing() -> None:
+    # Written out by hand: rows of 8 tokens, 2 rows per batch, a budget of 12 tokens per side.
+    lengths = np.array([[3, 1], [1, 5], [4, 4], [2, 2], [6, 1], [1, 1], [2, 7]])
+    order = np.arange(7)
+    # Cumulative (source, target): (3,1) (4,6) (8,10) (10,12) (16,13) (17,14) (19,21); the
+    # larger side 3 6 10 12 16 17 21 -> chunks (end - 1) // 12 = 0 0 0 0 1 1 1.
+    np.testing.assert_array_equal(packing.chunk_of(lengths[order], 12), [0, 0, 0, 0, 1, 1, 1])
+    assert packing.chunk_count(lengths, 12) == 2  # ceil(max(19, 21) / 12)
+    result = packing.pack_epoch(lengths, order, rows=2, length=8, budget=12)
+    # Chunk 0 by decreasing max side (ties in order): 1 (5), 2 (4), 0 (3), 3 (2).
+    # Pair 1 -> row 0 (room 7/3); pair 2 -> row 1 (4/4); pair 0 -> row 0 (4/2); pair 3 needs
+    # (2, 2): row 0 has target room 2 -> row 0 (2/0).
+    # Chunk 1: pair 6 (7) -> row 0 (6/1), pair 4 (6) -> row 0? target room 1 >= 1, source 6 >= 6:
+    # row 0 (0/0); pair 5 -> row 1 (7/7).
+    assert result.starts.tolist() == [0, 4, 7] and result.moved == 0
+    assert result.pairs.tolist() == [1, 0, 3, 2, 6, 4, 5]
+    assert result.rows.tolist() == [0, 0, 0, 1, 0, 0, 1]
+
+
+def test_a_pair_that_does_not_fit_its_chunk_moves_to_a_later_batch() -> None:
+    # One row of 4 tokens per batch. Budget 4: ends 1, 4, 6 -> chunks 0 0 1; chunk 0 packs by
+    # decreasing length (pair 1 first) and both fit.
+    lengths = np.array([[1, 1], [3, 3], [2, 2]])
+    result = packing.pack_epoch(lengths, np.arange(3), rows=1, length=4, budget=4)
+    assert result.pairs.tolist() == [1, 0, 2] and result.moved == 0
+    # Budget 5: ends 3, 5, 6 -> chunks 0 0 1. Pairs 0 (3 tokens) and 1 (2) cannot share a row
+    # of 4, so pair 1 goes to batch 1, after that batch's own pair 2 (1 token).
+    lengths = np.array([[3, 3], [2, 2], [1, 1]])
+    result = packing.pack_epoch(lengths, np.arange(3), rows=1, length=4, budget=5)
+    assert result.moved == 1
+    assert result.starts.tolist() == [0, 1, 3] and result.pairs.tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match="no row of the epoch has room"):
+        packing.pack_epoch(np.array([[3, 3], [3, 3]]), np.arange(2), rows=1, length=4, budget=6)
+
+
+def test_chunked_packing_fills_rows_about_as_well_as_one_pass_over_the_epoch() -> None:
+    rng = np.random.default_rng(10)
+    lengths = rng.integers(3, 30, size=(20_000, 1)) + rng.integers(-2, 3, size=(20_000, 2))
+    order = rng.permutation(20_000)
+    rows, length = 64, 64
+    one_pass = -(-len(packing.pack_pairs(lengths, order, length)) // rows)
+    chunked = packing.PackedBatches(
+        batching.TokenizedSplit([np.zeros(n) for n in lengths[:, 0]],
+                                [np.zeros(n) for n in lengths[:, 1]], np.arange(20_000), 0),
+        batch_tokens=rows * length, length=length, pad_id=PAD, bos_id=BOS, seed=0,
+    )  # fmt: skip
+    assert chunked.fill == 0.92  # the default holds for these lengths
+    # The fixed count costs a few batches: the fill leaves room for chunks to fit their rows.
+    assert len(chunked) <= 1.06 * one_pass, (len(chunked), one_pass)
+    fill = lengths.sum(axis=0).max() / (len(chunked) * rows * length)
+    assert fill > 0.9, fill
 
 
 def test_bucketed_batches_use_the_shortest_bucket_that_fits() -> None:
@@ -207,6 +328,8 @@ def test_bad_arguments_are_named() -> None:
         packing.PackedBatches(split, batch_tokens=64, length=8, **common)
     with pytest.raises(ValueError, match="longer than the longest bucket"):
         batching.BucketedBatches(split, batch_tokens=64, bucket_lengths=(4, 8), **common)
+    with pytest.raises(ValueError, match="packing fill must be in"):
+        packing.PackedBatches(split, batch_tokens=64, length=32, fill=1.5, **common)
 
 
 def test_packed_rows_compute_each_pair_as_if_alone() -> None:

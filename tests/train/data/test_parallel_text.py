@@ -278,3 +278,46 @@ def test_reading_the_prepared_text_never_imports_tensorflow(tmp_path):
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
+    from train.data import parallel_text
+
+    corpus = tmp_path / "corpus"
+    _write(corpus / "train.en", "a b\nc d\n")
+    _write(corpus / "train.de", "e f\ng h\n")
+    read: list[str] = []
+    real = parallel_text._read_and_check
+
+    def counting(path, split, role):
+        read.append(path.name)
+        return real(path, split, role)
+
+    monkeypatch.setattr(parallel_text, "_read_and_check", counting)
+    first = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert sorted(read) == ["train.de", "train.en"]
+    again = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert (
+        sorted(read) == ["train.de", "train.en"]
+        and again.info.config_name == first.info.config_name
+    )
+    _write(corpus / "train.de", "e f\ng i\n")  # same size, new content
+    edited = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    assert read[2:] == ["train.de"] and edited.info.config_name != first.info.config_name
+
+
+def test_a_split_larger_than_tfds_memory_buffer_is_prepared_without_tensorflow(
+    tmp_path, monkeypatch
+):
+    """TFDS spills a split over its buffer (1 GB) to disk through TensorFlow; a 10-byte buffer
+    stands in for a corpus of millions of lines."""
+    from tensorflow_datasets.core import shuffle
+
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 10)
+    corpus = tmp_path / "corpus"
+    _write(corpus / "train.en", "".join(f"line {i}\n" for i in range(50)))
+    _write(corpus / "train.de", "".join(f"zeile {i}\n" for i in range(50)))
+    builder = prepare_parallel_text(corpus, "en", "de", tmp_path / "tfds")
+    train = split_data_sources(builder)["train"]
+    assert len(train) == 50 and train[49]["target"] == b"zeile 49"
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 10  # restored

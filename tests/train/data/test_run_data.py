@@ -32,9 +32,15 @@ def _sources() -> dict[str, list[dict[str, str]]]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _store_dir(tmp_path, monkeypatch):
+    """Token stores in a temporary directory, not in the TFDS data directory."""
+    monkeypatch.setattr(_config, "store_dir", str(tmp_path / "token_stores"), raising=False)
+
+
 def _config(**overrides):
     config = default_config.get_config()
-    config.update(batch_size=8, eval_batch_size=4, **overrides)
+    config.update(batch_size=8, eval_batch_size=4, token_store_dir=_config.store_dir, **overrides)
     return config
 
 
@@ -110,3 +116,27 @@ def test_eval_bucket_lengths() -> None:
     assert eval_bucket_lengths(64) == [16, 32, 64]
     assert eval_bucket_lengths(100) == [16, 32, 64, 100]
     assert np.all(np.diff(eval_bucket_lengths(1024)) > 0)
+
+
+@pytest.mark.parametrize("mode", BATCHING_MODES)
+def test_training_data_gives_each_process_its_rows_from_one_store(mode) -> None:
+    config = _config(batching=mode, batch_tokens=64, max_length=16, eval_max_length=32)
+    logged: list[str] = []
+    whole = training_data(config, _sources(), VOCABULARY, row_multiple=2, log=logged.append)
+    parts = [
+        training_data(
+            config, _sources(), VOCABULARY, row_multiple=2, process_index=p, process_count=2,
+            log=logged.append,
+        )
+        for p in range(2)
+    ]  # fmt: skip
+    assert logged[0].startswith("Token store built in") and len(logged) == 3
+    assert (
+        logged[1] == logged[2] == logged[0].replace(logged[0].split(": ")[0], "Token store reused")
+    )
+    for step in (0, 3):
+        for key, value in whole.train[step].items():
+            np.testing.assert_array_equal(
+                np.concatenate([part.train[step][key] for part in parts]), value
+            )
+    assert len(parts[0].validation.batches) == len(whole.validation.batches)  # evaluation: whole

@@ -30,6 +30,7 @@ from train.data.batching import evaluation_batches, tokenize_split
 from train.data.tokenizer_training import (
     load_or_train_on_split,
     load_or_train_sentencepiece,
+    sample_indices,
     texts_of_both_sides,
     train_sentencepiece,
 )
@@ -298,8 +299,27 @@ def test_load_or_train_on_split_reads_an_even_subset(tmp_path):
             return [self[i] for i in indices]
 
     source = Counting(pairs)
-    vocabulary = load_or_train_on_split(tmp_path / "t.model", source, 270, max_pairs=5)
+    logged: list[str] = []
+    vocabulary = load_or_train_on_split(
+        tmp_path / "t.model", source, 270, max_pairs=5, log=logged.append
+    )
     assert source.read == [0, 9, 19, 29, 39]  # evenly spread, first and last included
+    assert len(logged) == 1 and "trained on 5 of 40 pairs, evenly spread" in logged[0]
     assert vocabulary.vocab_size == 270 and (tmp_path / "t.model").exists()
     again = load_or_train_on_split(tmp_path / "t.model", Counting([]), 270)  # reused: nothing read
     assert again.model_bytes == vocabulary.model_bytes
+
+
+def test_the_default_sample_bound_leaves_small_splits_whole() -> None:
+    """The default config trains on at most 500,000 pairs, evenly spread: Multi30k's 29,000
+    (every pair, in order, as before the bound) are unaffected."""
+    from train.configs import default
+
+    bound = default.get_config().tokenizer_train_pairs
+    assert bound == 500_000
+    np.testing.assert_array_equal(sample_indices(29_000, bound), np.arange(29_000))
+    np.testing.assert_array_equal(sample_indices(10, 0), np.arange(10))
+    sample = sample_indices(4_500_000, bound)
+    assert len(sample) == bound and sample[0] == 0 and sample[-1] == 4_499_999
+    gaps = np.diff(sample)
+    assert gaps.min() >= 8 and gaps.max() <= 10  # 4.5M / 500k = 9: evenly spread
