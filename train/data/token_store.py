@@ -341,6 +341,8 @@ def open_or_build(
         start = time.perf_counter()
         os.makedirs(root, exist_ok=True)
         workers = workers or default_workers()
+        if len(data_source) <= chunk_size:  # one chunk: starting workers would cost more
+            workers = 1
         temporary = tempfile.mkdtemp(prefix=f".tmp-{name}-{os.getpid()}-", dir=root)
         identity = {
             "data": data_identity(data_source),
