@@ -2,6 +2,7 @@
 
     check_config, check_tokens, check_token_pair, check_encoded    the model's inputs
     check_decoding_arguments                                        the decoders' other arguments
+    check_micro_batches                                             gradient accumulation
     checked_jit                                                     a jitted function, checked
 
 Token checks read the ids back to the host (integer dtype, [batch, length], length <=
@@ -192,6 +193,13 @@ def check_top_p(top_p: Any) -> float:
     if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be a float in (0, 1] (1 = off), got {top_p!r}")
     return float(top_p)
+
+
+def check_micro_batches(micro_batches: Any) -> int:
+    """A positive int: the micro-batches of a gradient-accumulating train step."""
+    if not is_int(micro_batches) or micro_batches < 1:
+        raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
+    return int(micro_batches)
 
 
 # The check of each decoder argument other than the source, in the order they are checked:

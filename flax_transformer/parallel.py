@@ -59,7 +59,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from flax_transformer import training
+from flax_transformer import checks, training
 from flax_transformer.config import TransformerConfig
 
 Array = jax.Array
@@ -127,13 +127,7 @@ class DataParallel:
         self.mode = mode
         self.model_config = model_config
         self.label_smoothing = label_smoothing
-        if (
-            isinstance(micro_batches, bool)
-            or not isinstance(micro_batches, int)
-            or micro_batches < 1
-        ):
-            raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
-        self.micro_batches = micro_batches
+        self.micro_batches = checks.check_micro_batches(micro_batches)
         train_fn = functools.partial(
             training.train_step,
             pad_id=model_config.pad_id,

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from flax_transformer import checks
 from flax_transformer.config import TransformerConfig
 from flax_transformer.model import Transformer, init_params
 
@@ -261,8 +262,7 @@ def _step_dropout_key(state: TrainState, axis_name: str | None) -> Array:
 
 
 def _check_micro_batches(micro_batches: int, rows: int) -> None:
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
+    checks.check_micro_batches(micro_batches)
     if rows % micro_batches != 0:
         raise ValueError(
             f"the batch's {rows} rows (per device under pmap) do not split into "

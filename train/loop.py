@@ -17,7 +17,7 @@ return; a second Ctrl-C aborts at once.
 
 Multi-process runs (`train.distributed`, "mesh" only): the mesh spans every device of every
 process; each process builds and feeds only its rows of each global training batch (the
-batchers' process_index/process_count) and of each evaluation batch (`_process_rows`). Process
+batchers' process_index/process_count) and of each evaluation batch (`_local_rows`). Process
 0 alone prepares the data, trains or writes the tokenizer and builds the token store (the
 others wait, then read them), writes config.json, metrics.jsonl and TensorBoard, prints the log
 lines and the progress bar, and scores decoded outputs; every process saves each checkpoint
@@ -50,6 +50,7 @@ from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
 from train import distributed
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.data.batching import process_share
 from train.data.prefetch import Prefetch
 from train.data.run_data import EvalSplit, RunData, training_data, training_store
 from train.data.sources import dataset_of, open_roles
@@ -101,30 +102,9 @@ def _log(message: str) -> None:
         tqdm.write(message)
 
 
-def _process_rows(batch: Mapping[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
-    """Process `index`'s share of a global host batch: rows [index * R / count, (index + 1) *
-    R / count) of every array (R rows, divisible by `count`), the rows that
-    `jax.make_array_from_process_local_data` places on that process's devices of the mesh.
-
-    For evaluation batches, which are small and built whole on every process; training batches
-    are built as each process's share by the batchers themselves (process_index/process_count).
-    """
-    if count == 1:
-        return dict(batch)
-    out = {}
-    for key, value in batch.items():
-        rows = value.shape[0]
-        if rows % count:
-            raise ValueError(
-                f"a batch of {rows} rows does not split over {count} processes ({key!r})"
-            )
-        share = rows // count
-        out[key] = value[index * share : (index + 1) * share]
-    return out
-
-
 def _local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return _process_rows(batch, jax.process_index(), jax.process_count())
+    """This process's rows of a whole evaluation batch (see `batching.process_share`)."""
+    return process_share(batch, jax.process_index(), jax.process_count())
 
 
 class _NoWriter:

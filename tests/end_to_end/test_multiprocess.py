@@ -354,14 +354,3 @@ def test_one_process_joins_nothing(monkeypatch) -> None:
     assert distributed.initialize_from_flags() is False
     assert distributed.initialize_from_flags(num_processes=1) is False
     assert not distributed.is_multiprocess() and distributed.is_main_process()
-
-
-def test_process_rows_split_a_global_batch() -> None:
-    from train.loop import _process_rows
-
-    batch = {"source": np.arange(16).reshape(8, 2), "target": np.arange(8)}
-    parts = [_process_rows(batch, index, 4) for index in range(4)]
-    np.testing.assert_array_equal(np.concatenate([p["target"] for p in parts]), batch["target"])
-    np.testing.assert_array_equal(parts[1]["source"], batch["source"][2:4])
-    with pytest.raises(ValueError, match="does not split over 3 processes"):
-        _process_rows(batch, 0, 3)

@@ -40,11 +40,16 @@ from flax_transformer import TransformerConfig
 from train.configs import default
 
 
+def model_fields(preset: str) -> ml_collections.ConfigDict:
+    """config.model of a recipe: the preset, the vocabulary's size, room for input + 50."""
+    fields = TransformerConfig.preset(preset).to_dict()
+    fields.update(vocab_size=0, max_len=512)  # 0: the tokenizer's size, known at the start
+    return ml_collections.ConfigDict(fields)
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    model = TransformerConfig.base().to_dict()
-    model.update(vocab_size=0, max_len=512)  # the vocabulary's size; room for input + 50
-    config.model = ml_collections.ConfigDict(model)
+    config.model = model_fields("base")
 
     config.dataset = "tfds"
     config.tfds_name = "wmt14_translate/de-en"

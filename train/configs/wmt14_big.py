@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from flax_transformer import TransformerConfig
 from train.configs import wmt14_base
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = wmt14_base.get_config()
-    model = TransformerConfig.big().to_dict()
-    model.update(vocab_size=0, max_len=512)
-    config.model = ml_collections.ConfigDict(model)
+    config.model = wmt14_base.model_fields("big")
 
     config.num_train_steps = 300_000
     config.eval_every_steps = 10_000

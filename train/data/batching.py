@@ -185,6 +185,15 @@ def process_rows(rows: int, process_index: int, process_count: int) -> tuple[int
     return process_index * share, (process_index + 1) * share
 
 
+def process_share(batch: Batch, process_index: int, process_count: int) -> Batch:
+    """This process's rows (`process_rows`) of every array of a whole global host batch: for
+    evaluation batches, which are small and built whole on every process (training batchers
+    build only their share)."""
+    check_process(process_index, process_count)
+    first, end = process_rows(len(batch["target"]), process_index, process_count)
+    return {key: value[first:end] for key, value in batch.items()}
+
+
 def _pad_rows(rows: list[np.ndarray], num_rows: int, length: int, pad_id: int) -> np.ndarray:
     batch = np.full((num_rows, length), pad_id, np.int32)
     for index, row in enumerate(rows):

@@ -357,3 +357,12 @@ def test_packed_rows_compute_each_pair_as_if_alone() -> None:
             alone = ft.forward(config, params, source, decoder_input)[0]
             where = batch["target_segment_ids"][row] == segment
             np.testing.assert_allclose(packed_logits[row][where], alone, atol=2e-5, rtol=1e-5)
+
+
+def test_process_share_splits_a_global_batch() -> None:
+    batch = {"source": np.arange(16).reshape(8, 2), "target": np.arange(8)}
+    parts = [batching.process_share(batch, index, 4) for index in range(4)]
+    np.testing.assert_array_equal(np.concatenate([p["target"] for p in parts]), batch["target"])
+    np.testing.assert_array_equal(parts[1]["source"], batch["source"][2:4])
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        batching.process_share(batch, 0, 3)
