@@ -12,7 +12,9 @@ reports greedy exact-match on the test split.
   --config.X=V  override any config field, e.g. --config.num_train_steps=300
                 --config.model.num_heads=8 --config.parallel=pmap
 
-Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes.
+Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes. A run that
+diverges (a non-finite loss, or one far above its recent range: config.divergence_factor) stops
+without saving over its checkpoints and exits with status 3.
 
 Multi-process (multi-host) runs: start the same command on every process with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
@@ -112,6 +114,10 @@ def main(argv: list[str]) -> int:
     except distributed.DistributedSetupError as error:  # a peer missing at a barrier, ...
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if result.diverged:
+        print(f"error: {result.diverged.message()}", file=sys.stderr)
+        print(f"hint: {result.diverged.hint()}", file=sys.stderr)
+        return result.diverged.EXIT_STATUS
     return 130 if result.interrupted else 0
 
 

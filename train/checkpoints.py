@@ -21,14 +21,22 @@ Saves are asynchronous (training continues while the files are written) and atom
 a temporary directory and renames it when complete), so a crash or SIGKILL mid-save leaves the
 previous checkpoints intact; `close()` waits for pending saves before the process exits.
 Retention: the latest `keep` checkpoints, plus the one with the lowest validation loss among
-those saved with metrics.
+those saved with metrics. The loop never saves a state or a validation loss that is not finite
+(train.divergence), so neither count can be taken by a NaN checkpoint.
+
+A checkpoint that cannot be read (a truncated array file, a missing `_METADATA`, an emptied
+config item: a disk that filled up or a copy cut short) is `unreadable`: resuming sets it aside
+(`set_aside`: moved, never deleted, into the set-aside directory) and falls back to the newest
+one that reads (`newest_readable`); evaluation and translation skip it with a warning.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
@@ -36,10 +44,31 @@ import orbax.checkpoint as ocp
 from flax_transformer.config import TransformerConfig
 
 BEST_METRIC = "validation_loss"
+T = TypeVar("T")
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint in the workdir was written for a different model config."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint's files cannot be read back (truncated, missing or emptied)."""
+
+
+def _reason(error: BaseException) -> str:
+    """A one-line summary of why orbax / tensorstore / json could not read a checkpoint."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _is_resource_error(error: BaseException) -> bool:
+    """Errors of the machine, not of the files: never a reason to set a checkpoint aside."""
+    text = str(error)
+    return isinstance(error, MemoryError) or any(
+        marker in text for marker in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+    )
 
 
 def _describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -63,10 +92,15 @@ class Checkpointer:
         keep: int = 3,
         keep_best: bool = True,
         asynchronous: bool = True,
+        set_aside_directory: str | os.PathLike | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the latest is always kept), got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
+        # Outside `directory`: orbax would list (and its retention delete) what is inside.
+        self.set_aside_directory = os.path.abspath(
+            os.fspath(set_aside_directory or self.directory + "_unreadable")
+        )
         self.keep = keep
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
         if keep_best:
@@ -197,7 +231,7 @@ class Checkpointer:
         """
         step = self._step_or_latest(step)
         if self.holds_params_only(step):
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint {step} in {self.directory} holds imported parameters only (no "
                 "optimizer state or data position): it can be evaluated and used to translate, "
                 "not resumed; train in a new --workdir"
@@ -226,6 +260,71 @@ class Checkpointer:
         )
         data = ocp.args.JsonRestore()
         return self.manager.restore(step, args=ocp.args.Composite(state=state, data=data))
+
+    # ------------------------------------------------------------------------------------------
+    # Unreadable checkpoints
+    # ------------------------------------------------------------------------------------------
+    def read_or_raise(self, step: int, read: Callable[[int], T]) -> T:
+        """`read(step)`, with any failure to read the files raised as UnreadableCheckpointError
+        naming the step (CheckpointMismatchError and errors of the machine pass unchanged)."""
+        try:
+            return read(step)
+        except (CheckpointMismatchError, UnreadableCheckpointError):
+            raise
+        except Exception as error:
+            if _is_resource_error(error):
+                raise
+            raise UnreadableCheckpointError(
+                f"checkpoint {step} in {self.directory} cannot be read ({_reason(error)})"
+            ) from error
+
+    def set_aside(self, step: int) -> str:
+        """Move checkpoint `step` out of the manager's sight, into the set-aside directory (a
+        name that is free: never over an earlier one); returns where it went."""
+        os.makedirs(self.set_aside_directory, exist_ok=True)
+        target = os.path.join(self.set_aside_directory, str(step))
+        if os.path.exists(target):
+            target += time.strftime("-%Y%m%d-%H%M%S")
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
+
+    def newest_readable(
+        self,
+        read: Callable[[int], T],
+        *,
+        warn: Callable[[str], None],
+        set_aside: Callable[[int], str] | None = None,
+        agree: Callable[[bool], bool] = lambda ok: ok,
+    ) -> tuple[int, T] | None:
+        """(step, read(step)) of the newest checkpoint that `read` can read; None if there is
+        no checkpoint at all.
+
+        Each newer checkpoint that cannot be read is reported through `warn` and, when
+        `set_aside` is given (`self.set_aside`, or a multi-process wrapper of it), moved aside
+        by it. If none can be read, raises UnreadableCheckpointError naming them. `agree(ok)`
+        is True when every process read its copy (multi-process runs fall back together).
+        """
+        unreadable = []
+        for step in sorted(self.all_steps(), reverse=True):
+            error, value = None, None
+            try:
+                value = self.read_or_raise(step, read)
+            except UnreadableCheckpointError as failure:
+                error = failure
+            if agree(error is None):
+                return step, value
+            message = str(error) if error else f"checkpoint {step} cannot be read by every process"
+            if set_aside is not None:
+                message += f"; moved it to {set_aside(step)}"
+            warn(f"warning: {message}")
+            unreadable.append(step)
+        if unreadable:
+            raise UnreadableCheckpointError(
+                f"no checkpoint in {self.directory} can be read (steps "
+                f"{', '.join(map(str, unreadable))})"
+            )
+        return None
 
     def best_step(self) -> int | None:
         """The kept step with the lowest validation loss (None if none was saved with one)."""

@@ -4,6 +4,7 @@
     if is_main_process(): write files ...
     barrier("tokenizer")                     # everyone waits for process 0's files
     agree("resume step", step)               # every process holds the same value, or error
+    all_true("checkpoint read", ok)          # True on every process iff every process passed True
     outputs = gather_to_main("decoded", mine)  # process 0: every process's payload; else None
 
 One process is the default and needs nothing: `initialize_from_flags()` with no flags, no
@@ -292,6 +293,27 @@ def agree(name: str, value: Any, *, timeout_s: float = DEFAULT_WAIT_S) -> None:
             )
 
 
+def all_true(name: str, value: bool, *, timeout_s: float = DEFAULT_WAIT_S) -> bool:
+    """Whether every process passes True (each learns every other's value: all return the same
+    answer). One process: `value`."""
+    if not is_multiprocess():
+        return bool(value)
+    key = _unique(name)
+    client = _client()
+    index, count = _ids()
+    client.key_value_set(f"{key}/{index}", json.dumps(bool(value)))
+    answers = []
+    for process in range(count):
+        try:
+            raw = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000))
+        except Exception:
+            raise DistributedSetupError(
+                f"process {process} did not report its {name} within {timeout_s:.0f}s"
+            ) from None
+        answers.append(json.loads(raw))
+    return all(answers)
+
+
 def gather_to_main(name: str, payload: Any, *, timeout_s: float = DEFAULT_WAIT_S) -> list | None:
     """Every process's JSON-able `payload`, in process order, on process 0; None elsewhere.
 
@@ -321,6 +343,7 @@ def gather_to_main(name: str, payload: Any, *, timeout_s: float = DEFAULT_WAIT_S
 __all__ = [
     "DistributedSetupError",
     "agree",
+    "all_true",
     "barrier",
     "detected_cluster",
     "gather_to_main",

@@ -11,9 +11,16 @@
     at the end: save, then evaluate on the test split (with the average of the last
                 config.average_last checkpoints' params when it is > 1, as the paper does)
 
-A workdir that holds checkpoints resumes from the latest one (refused if its model config
-differs). SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
+A workdir that holds checkpoints resumes from the newest readable one (an unreadable newer one
+is moved aside with a warning); refused if its model config differs, or if a training field
+that decides what the run computes differs (train.setup.resume_changes; others are logged).
+SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step, save a checkpoint and
 return; a second Ctrl-C aborts at once.
+
+Divergence (train.divergence): at each log step a non-finite loss or gradient norm, or a loss
+far above its recent range, stops the run; before each evaluation and save the state is checked
+finite. A diverged run saves nothing more (the checkpoints before it stay: a NaN is never
+latest or best) and returns with `TrainResult.diverged` set; `python -m train` exits 3.
 
 Multi-process runs (`train.distributed`, "mesh" only): the mesh spans every device of every
 process; each process builds and feeds only its rows of each global training batch (the
@@ -50,6 +57,7 @@ from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
 from train import distributed
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
+from train.divergence import Diverged, LossWatch, remedies, state_is_finite
 from train.data.batching import process_share
 from train.data.prefetch import Prefetch
 from train.data.run_data import EvalSplit, RunData, training_data, training_store
@@ -57,11 +65,13 @@ from train.data.sources import dataset_of, open_roles
 from train.evaluation import DecodingOptions, evaluate
 from train.metric_writers import MetricWriter
 from train.setup import (
+    absolute_paths,
     check_config,
     decoding_options,
     device_count,
     model_config_from,
     optimizer_from,
+    resume_changes,
 )
 from train.workdir import Workdir, load_run
 
@@ -73,7 +83,8 @@ class TrainResult:
     step: int  # the step reached (number of updates applied)
     interrupted: bool  # stopped by SIGINT / SIGTERM before num_train_steps
     validation: dict[str, float]  # the last validation metrics
-    test: dict[str, float]  # test-split metrics (empty when interrupted)
+    test: dict[str, float]  # test-split metrics (empty when interrupted or diverged)
+    diverged: Diverged | None = None  # why and where training stopped, if it diverged
 
 
 @dataclasses.dataclass
@@ -91,6 +102,7 @@ class Run:
     start_step: int
     run_config: dict  # what config.json and every checkpoint record
     checkpointer: Checkpointer
+    recent_losses: list[float]  # the logged losses before start_step (divergence check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,9 +179,10 @@ def _initial_state(
     init_from: Workdir | None,
     sharding: Any = None,
 ) -> Any:
-    """A fresh TrainState (with `init_from`'s params), or the latest checkpoint's (restored
-    with `sharding` on every array when given: the global mesh's replicated sharding in a
-    multi-process run, where each process restores its devices' copies)."""
+    """(state, recent logged losses): a fresh TrainState (with `init_from`'s params), or the
+    newest readable checkpoint's (restored with `sharding` on every array when given: the
+    global mesh's replicated sharding in a multi-process run, where each process restores its
+    devices' copies)."""
 
     def fresh() -> Any:
         return create_train_state(model_config, optimizer, jax.random.key(config.seed))
@@ -183,25 +196,56 @@ def _initial_state(
             # Adam's state at step 0 does not depend on the parameter values: only swap them.
             state = state.replace(params=source.params)
             _log(f"Starting from the params of {init_from.path} ({source.describe()})")
-        return state
-    checkpointer.check_model_config(model_config)
+        return state, []
     target = abstract_like(jax.eval_shape(fresh))
     if sharding is not None:
         target = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), target
         )
-    state, position = checkpointer.restore(target)
+
+    def read(step: int) -> tuple[Any, dict, dict]:
+        checkpointer.check_model_config(model_config, step)
+        saved = checkpointer.read_config(step)
+        state, position = checkpointer.restore(target, step)
+        return state, position, saved
+
+    step, (state, position, saved) = checkpointer.newest_readable(
+        read,
+        warn=_log,
+        set_aside=lambda step: _set_aside(checkpointer, step),
+        agree=lambda ok: distributed.all_true("checkpoint read", ok),
+    )
     if position.get("seed") != config.seed:
         raise ValueError(
             f"the checkpoint's data order used seed {position.get('seed')}, this run "
             f"config.seed={config.seed}; resuming would not reproduce the run"
         )
+    accepted, refused = resume_changes(saved.get("train", {}), config)
+    if refused:
+        raise ValueError(
+            f"resuming from step {step} in {checkpointer.directory} with training fields that "
+            f"differ from the checkpoint's: {'; '.join(refused)} (add "
+            "--config.allow_training_changes=True to accept them, or train in a new --workdir)"
+        )
     _log(f"Resuming from step {int(state.step)} in {checkpointer.directory}")
-    return state
+    for line in accepted:
+        _log(f"  changed since the checkpoint: {line}")
+    return state, list(position.get("recent_losses", []))
+
+
+def _set_aside(checkpointer: Checkpointer, step: int) -> str:
+    """Process 0 moves an unreadable checkpoint aside while the others wait; all reload."""
+    distributed.barrier("setting an unreadable checkpoint aside")
+    target = checkpointer.set_aside(step) if distributed.is_main_process() else ""
+    distributed.barrier("unreadable checkpoint set aside")
+    if not distributed.is_main_process():
+        checkpointer.manager.reload()
+    return target
 
 
 def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Check the config, read the data, build the model and its state; see the module doc."""
+    absolute_paths(config)
     check_config(config)
     workdir = Workdir(workdir)
     if origin := workdir.imported_from():  # convert_marian's workdirs hold params only
@@ -254,14 +298,20 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         parallel.check_batch_size(config.batch_size)
     schedule, optimizer = optimizer_from(config, model_config)
     checkpointer = workdir.checkpointer(keep=config.keep_checkpoints)
-    # Every process must restore the same checkpoint (a shared filesystem shows them the same).
-    distributed.agree("checkpoint to resume from", checkpointer.latest_step())
-    sharding = NamedSharding(parallel.mesh, P()) if multiprocess else None
-    state = _initial_state(config, model_config, optimizer, checkpointer, init_from, sharding)
-    if distributed.is_main_process():
-        run_config = workdir.write_config(config, model_config)
-    else:
-        run_config = Workdir.run_config(config, model_config)
+    try:
+        # Every process must restore the same checkpoint (a shared filesystem shows them the same).
+        distributed.agree("checkpoint to resume from", checkpointer.latest_step())
+        sharding = NamedSharding(parallel.mesh, P()) if multiprocess else None
+        state, recent_losses = _initial_state(
+            config, model_config, optimizer, checkpointer, init_from, sharding
+        )
+        if distributed.is_main_process():
+            run_config = workdir.write_config(config, model_config, vocabulary)
+        else:
+            run_config = Workdir.run_config(config, model_config, vocabulary)
+    except BaseException:
+        checkpointer.close()  # no orbax thread left running into the interpreter's exit
+        raise
     return Run(
         config=config,
         workdir=workdir,
@@ -274,6 +324,7 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         start_step=int(state.step),
         run_config=run_config,
         checkpointer=checkpointer,
+        recent_losses=recent_losses,
     )
 
 
@@ -367,9 +418,12 @@ def _preempted(step: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
-    """Train `run` to config.num_train_steps (or a stop request); returns (step reached,
-    interrupted, the last validation metrics). Every checkpoint is on disk when it returns."""
+def train(
+    run: Run, writer: MetricWriter
+) -> tuple[int, bool, dict[str, float], Diverged | None]:
+    """Train `run` to config.num_train_steps (or a stop request, or a divergence); returns
+    (step reached, interrupted, the last validation metrics, the divergence or None). Every
+    checkpoint is on disk when it returns."""
     config, parallel = run.config, run.parallel
     validation_options = (
         decoding_options(config, config.validation_decoding) if config.validation_decoding else None
@@ -381,6 +435,8 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
     )  # fmt: skip
     validation: dict[str, float] = {}
     pending: list[Any] = []
+    watch = LossWatch(config.divergence_factor, run.recent_losses)
+    problem: str | None = None
     interval_start, step = time.perf_counter(), run.start_step
     ahead = Prefetch(run.data.train, run.start_step, config.num_train_steps)  # next batches
     with _StopRequest() as stop, progress, ahead:
@@ -403,18 +459,33 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
                     lr=f"{summary['learning_rate']:.2e}",
                 )
                 pending, interval_start = [], time.perf_counter()
+                if problem := watch.problem(summary):
+                    break
             if _preempted(done):
                 stop.requested = True
+            evaluating = done % config.eval_every_steps == 0 or last
+            saving = done % config.checkpoint_every_steps == 0 or last or evaluating
+            if (evaluating or saving or stop.requested) and not state_is_finite(run.state):
+                # Between log steps: caught before it is evaluated or saved.
+                problem = "the parameters or the optimizer state hold NaN or infinity"
+                break
             step_metrics = None
-            if done % config.eval_every_steps == 0 or last:
+            if evaluating:
                 validation = step_metrics = _validate(run, writer, done, validation_options)
                 interval_start = time.perf_counter()
-            if done % config.checkpoint_every_steps == 0 or last or step_metrics or stop.requested:
+                if not np.isfinite(step_metrics["loss"]):
+                    problem = f"the validation loss is {step_metrics['loss']}"
+                    break
+            if saving or stop.requested:
                 run.checkpointer.save(
                     done,
                     _checkpoint_state(run),
                     config=run.run_config,
-                    data_position={"step": done, "seed": config.seed},
+                    data_position={
+                        "step": done,
+                        "seed": config.seed,
+                        "recent_losses": watch.recent,
+                    },
                     metrics={BEST_METRIC: step_metrics["loss"]} if step_metrics else None,
                 )
             if stop.requested:
@@ -423,7 +494,17 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float]]:
         else:
             step = config.num_train_steps
         run.checkpointer.wait()
-    return step, stop.requested, validation
+    if problem is None:
+        return step, stop.requested, validation, None
+    diverged = Diverged(
+        step=step + 1,
+        reason=problem,
+        last_checkpoint=run.checkpointer.latest_step(),
+        best_checkpoint=run.checkpointer.best_step(),
+        directory=run.checkpointer.directory,
+        remedies=remedies(config),
+    )
+    return step + 1, False, validation, diverged
 
 
 def _validate(
@@ -460,7 +541,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         else _NoWriter()
     )
     with writer, run.checkpointer:
-        step, interrupted, validation = train(run, writer)
+        step, interrupted, validation, diverged = train(run, writer)
+        if diverged:
+            _log(f"Stopped: {diverged.message()}")
+            return TrainResult(step, False, validation, {}, diverged)
         if interrupted:
             _log(
                 f"Stopped at step {step}; checkpoint saved in {run.checkpointer.directory}. "

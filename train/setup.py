@@ -1,6 +1,9 @@
 """A training config, checked once, turned into what the loop and the commands use.
 
-    check_config        every field in range, every choice one of its allowed values
+    check_config        every field in range, every choice one of its allowed values, the
+                        model config valid, the paths usable: before any data is read
+    absolute_paths      the config's paths made absolute (config.json is read from anywhere)
+    resume_changes      which training fields a resumed run may change, and the refusal
     model_config_from   config.model -> TransformerConfig (vocab_size 0: the vocabulary's)
     optimizer_from      the paper's schedule (with the cool-down) and Adam (section 5.3)
     decoding_options    config -> DecodingOptions for validation or test decoding
@@ -12,6 +15,9 @@ Each list of allowed values is declared where it is implemented and imported her
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -51,16 +57,87 @@ _NON_NEGATIVE = (
     "token_store_workers",
     "clip_norm",
 )
+_FINITE = (  # floats that must be real numbers (a NaN passes every comparison's `not`)
+    "learning_rate_scale",
+    "adam_b1",
+    "adam_b2",
+    "adam_eps",
+    "clip_norm",
+    "weight_decay",
+    "label_smoothing",
+    "cooldown_fraction",
+    "pack_fill",
+    "length_penalty",
+    "divergence_factor",
+)
+# Paths of the config: made absolute once (`absolute_paths`), so that config.json names the same
+# files from any directory.
+PATH_FIELDS = ("data_dir", "data_path", "token_store_dir", "init_from")
+# Training fields a resumed run may change freely (each change is logged): how often to log,
+# evaluate and save, how to evaluate, where things live, how the same computation is spread over
+# devices, and how long to train. Every other field decides what the run computes (data, batches,
+# tokenizer, optimizer, schedule, seed): changing one on resume is refused with the diff unless
+# config.allow_training_changes=True (then logged too).
+RESUMABLE_CHANGES = (
+    "num_train_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "average_last",
+    "num_validation_examples",
+    "num_samples",
+    "validation_decoding",
+    "test_decoding",
+    "beam_size",
+    "length_penalty",
+    "beam_stop",
+    "validation_split",
+    "test_split",
+    "eval_batch_size",
+    "eval_max_length",
+    "parallel",
+    "micro_batches",
+    "progress_bar",
+    "data_dir",
+    "token_store_dir",
+    "token_store_workers",
+    "init_from",
+    "divergence_factor",
+    "allow_training_changes",
+)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the first training config field that is out of range."""
+    """Raise ValueError naming the first training config field that is out of range.
+
+    Cheap and free of data: the command calls it before anything is prepared, so that a typo
+    costs seconds, not a dataset preparation. The model config is checked with a stand-in
+    vocabulary size when config.model.vocab_size is 0 (the tokenizer's, known later).
+    """
+    for name in _FINITE:
+        if not math.isfinite(config[name]):
+            raise ValueError(f"config.{name} must be a finite number, got {config[name]}")
     for name in _POSITIVE:
-        if config[name] <= 0:
+        if not config[name] > 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}")
     for name in _NON_NEGATIVE:
-        if config[name] < 0:
+        if not config[name] >= 0:
             raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+    if not config.learning_rate_scale > 0:
+        raise ValueError(
+            f"config.learning_rate_scale must be positive, got {config.learning_rate_scale}"
+        )
+    for name in ("adam_b1", "adam_b2"):
+        if not 0.0 <= config[name] < 1.0:
+            raise ValueError(f"config.{name} must be in [0, 1), got {config[name]}")
+    if not config.adam_eps > 0:
+        raise ValueError(f"config.adam_eps must be positive, got {config.adam_eps}")
+    if not (config.divergence_factor == 0 or config.divergence_factor > 1):
+        raise ValueError(
+            "config.divergence_factor must be 0 (off) or > 1 (stop when the loss exceeds that "
+            f"many times its recent lowest), got {config.divergence_factor}"
+        )
     if not 0.0 <= config.cooldown_fraction <= 1.0:
         raise ValueError(
             f"config.cooldown_fraction must be in [0, 1], got {config.cooldown_fraction}"
@@ -82,6 +159,82 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{name} must be one of {list(allowed)}, got {config[name]!r}")
     decoding_options(config, config.test_decoding)  # raises for a bad beam setting
     _check_average_last(config)
+    _check_model(config)
+    _check_data_fields(config)
+    _check_paths(config)
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    fields = dict(config.model.to_dict())
+    if fields.get("vocab_size", 0) < 0:
+        raise ValueError(f"config.model.vocab_size must be >= 0, got {fields['vocab_size']}")
+    # 0 = the tokenizer's size, unknown before the tokenizer exists: any valid size stands in.
+    fields["vocab_size"] = fields.get("vocab_size") or max(fields.get("pad_id", 0) + 1, 64)
+    try:
+        TransformerConfig.from_dict(fields)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error).replace("TransformerConfig.", "config.model.")) from None
+
+
+def _check_data_fields(config: ml_collections.ConfigDict) -> None:
+    if config.dataset == "tfds" and not config.tfds_name:
+        raise ValueError(
+            "config.dataset='tfds' needs config.tfds_name, e.g. 'wmt14_translate/de-en'"
+        )
+    if config.dataset == "parallel_text":
+        if not config.data_path:
+            raise ValueError("config.dataset='parallel_text' needs config.data_path (a directory)")
+        for name in ("source_language", "target_language"):
+            if not config[name]:
+                raise ValueError(
+                    f"config.dataset='parallel_text' needs config.{name} (the file suffix, "
+                    "e.g. 'en' for train.en)"
+                )
+
+
+def _check_paths(config: ml_collections.ConfigDict) -> None:
+    """Paths that must exist do; directories the run writes into are not regular files."""
+    if config.dataset == "parallel_text" and not os.path.isdir(config.data_path):
+        raise ValueError(f"config.data_path={config.data_path!r} is not a directory")
+    if config.init_from and not os.path.isfile(os.path.join(config.init_from, "config.json")):
+        raise ValueError(
+            f"config.init_from={config.init_from!r} is not the workdir of a run (it has no "
+            "config.json)"
+        )
+    for name in ("data_dir", "token_store_dir"):
+        path = config[name]
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"config.{name}={path!r} exists and is not a directory")
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> None:
+    """Make the config's paths (PATH_FIELDS) absolute, in place, against the current directory
+    ("~" expanded), so that config.json and the checkpoints name the same files wherever the
+    run is resumed, evaluated or translated from. Empty paths (defaults) stay empty."""
+    for name in PATH_FIELDS:
+        if config[name]:
+            config[name] = os.path.abspath(os.path.expanduser(config[name]))
+
+
+def resume_changes(
+    saved: Mapping[str, Any], config: ml_collections.ConfigDict
+) -> tuple[list[str], list[str]]:
+    """(accepted, refused): the training fields that differ between a checkpoint's training
+    config `saved` and this run's, each as "field: saved -> now". Fields of RESUMABLE_CHANGES
+    are accepted; the others are refused unless config.allow_training_changes. Fields the
+    checkpoint does not record (added to the project later) count as unchanged."""
+    current = config.to_dict()
+    current.pop("model", None)  # the model config is checked on its own (never changeable)
+    accepted, refused = [], []
+    for name in sorted(current):
+        if name not in saved or saved[name] == current[name]:
+            continue
+        line = f"{name}: {saved[name]!r} -> {current[name]!r}"
+        if name in RESUMABLE_CHANGES or config.allow_training_changes:
+            accepted.append(line)
+        else:
+            refused.append(line)
+    return accepted, refused
 
 
 def checkpoint_steps(config: ml_collections.ConfigDict) -> list[int]:

@@ -1,4 +1,6 @@
-"""The training entry point: a tiny end-to-end run, exact resume after SIGKILL, Ctrl-C, refusals.
+"""The training entry point: a tiny end-to-end run, refusals, and fault injection: SIGKILL at
+random moments and during saves (exact resume), Ctrl-C, a run driven to NaN, an unreadable
+checkpoint.
 
 The built-in dataset is prepared once per module in a temporary TFDS data_dir. The resume and
 interrupt tests run `python -m train` in subprocesses, as a user does.
@@ -8,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -81,8 +87,6 @@ def restored_state(workdir: str, step: int) -> dict:
 
 
 def assert_trees_identical(left: dict, right: dict) -> None:
-    import jax
-
     left_leaves = jax.tree_util.tree_leaves_with_path(left)
     right_leaves = jax.tree_util.tree_leaves_with_path(right)
     assert [path for path, _ in left_leaves] == [path for path, _ in right_leaves]
@@ -163,35 +167,117 @@ def test_bad_config_values_are_named(data_dir: str, tmp_path, field, value, mess
         train_and_evaluate(tiny_config(data_dir, **{field: value}), str(tmp_path))
 
 
-def test_exact_resume_after_sigkill(data_dir: str, tmp_path) -> None:
-    """N steps straight == k steps, SIGKILL, resume to N: bit-identical parameters on CPU."""
+def _kill_during_a_save(workdir: str, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """SIGKILL `process` while orbax writes a checkpoint (its temporary directory exists);
+    False if the process finished first."""
+    directory = os.path.join(workdir, "checkpoints")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if os.path.isdir(directory) and any("tmp" in name for name in os.listdir(directory)):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def test_sigkill_at_random_moments_and_during_saves_resumes_bit_identically(
+    data_dir: str, tmp_path
+) -> None:
+    """Fault injection: a run SIGKILLed again and again (during checkpoint saves, and at random
+    moments: start-up, restore, training) ends with the parameters and optimizer state of an
+    uninterrupted run, bit for bit, on CPU."""
     total = 40
     straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
-    quick = {"eval_every_steps": 1000, "checkpoint_every_steps": 10}
-    subprocess.run(
-        command_line(straight, data_dir, num_train_steps=total, **quick),
-        check=True,
-        capture_output=True,
-    )
-    # A run aimed far beyond `total`, killed (no chance to clean up) once a checkpoint exists.
-    process = subprocess.Popen(
-        command_line(interrupted, data_dir, num_train_steps=100_000, **quick),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    killed_after = wait_for_checkpoint(interrupted, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert killed_after < total
+    quick = {"eval_every_steps": 1000, "checkpoint_every_steps": 4, "num_train_steps": total}
+    subprocess.run(command_line(straight, data_dir, **quick), check=True, capture_output=True)
+    rng = random.Random(16)
+    during_saves = 0
+    for attempt in range(4):
+        process = subprocess.Popen(
+            command_line(interrupted, data_dir, **quick),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if attempt % 2 == 0:
+            during_saves += _kill_during_a_save(interrupted, process)
+        else:
+            time.sleep(rng.uniform(1.0, 8.0))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    assert during_saves >= 1
     resumed = subprocess.run(
-        command_line(interrupted, data_dir, num_train_steps=total, **quick),
-        check=True,
-        capture_output=True,
-        text=True,
+        command_line(interrupted, data_dir, **quick), capture_output=True, text=True
     )
-    assert "Resuming from step" in resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with Checkpointer(os.path.join(interrupted, "checkpoints")) as checkpointer:
+        assert checkpointer.latest_step() == total
     assert_trees_identical(restored_state(straight, total), restored_state(interrupted, total))
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny run of 12 steps: checkpoints 6 and 12, each saved with its validation loss."""
+    from train.loop import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    train_and_evaluate(tiny_config(data_dir), workdir)
+    return workdir
+
+
+def test_a_run_driven_to_nan_stops_with_status_3_and_keeps_its_checkpoints(
+    data_dir: str, finished_run: str, tmp_path
+) -> None:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run, workdir)
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+        steps, best = checkpointer.all_steps(), checkpointer.best_step()
+    absurd = {
+        "num_train_steps": 200,
+        "learning_rate_scale": 1e9,
+        "allow_training_changes": True,
+        "divergence_factor": 0.0,  # only the non-finite check: the loss must become NaN
+        "log_every_steps": 1,
+        "checkpoint_every_steps": 1,  # a save would follow every step: none may hold a NaN
+    }
+    result = subprocess.run(
+        command_line(workdir, data_dir, **absurd), capture_output=True, text=True
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len(errors) == 2 and "Traceback" not in result.stderr
+    assert re.match(
+        r"error: training diverged at step \d+: the (training loss|gradient norm) is (nan|inf)",
+        errors[0],
+    ), errors
+    assert errors[1].startswith("hint: try a lower --config.learning_rate_scale")
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+        assert checkpointer.best_step() == best  # the best finite one is kept
+        kept = checkpointer.all_steps()
+    assert set(steps) <= set(kept)
+    for step in kept:
+        for leaf in jax.tree.leaves(restored_state(workdir, step)):
+            assert np.all(np.isfinite(np.asarray(leaf, np.float64))), step
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_run_resumes_exactly(
+    data_dir: str, finished_run: str, tmp_path, capsys
+) -> None:
+    from train.loop import train_and_evaluate
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run, workdir)
+    with open(os.path.join(workdir, "checkpoints", "12", "config", "metadata"), "w"):
+        pass  # emptied, as a full disk leaves a file
+    result = train_and_evaluate(tiny_config(data_dir), workdir)  # resumes from step 6
+    assert result.step == 12 and not result.diverged
+    output = capsys.readouterr().out
+    warning = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "checkpoint 12 in " in warning[0], output
+    assert "cannot be read (JSONDecodeError" in warning[0]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "12"))  # kept
+    assert "Resuming from step 6" in output
+    assert_trees_identical(restored_state(finished_run, 12), restored_state(workdir, 12))
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(data_dir: str, tmp_path) -> None:

@@ -12,7 +12,12 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import struct
 
-from train.checkpoints import Checkpointer, abstract_like
+from train.checkpoints import (
+    Checkpointer,
+    CheckpointMismatchError,
+    UnreadableCheckpointError,
+    abstract_like,
+)
 
 
 @struct.dataclass
@@ -126,3 +131,93 @@ def test_restore_errors_name_the_directory(tmp_path) -> None:
         pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"),
     ):
         checkpointer.read_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreadable checkpoints: set aside (never deleted), the newest readable one used
+# ---------------------------------------------------------------------------------------------
+def _largest_file(directory) -> str:
+    files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+    return max(files, key=os.path.getsize)
+
+
+CORRUPTIONS = {
+    "truncated array file": lambda step_dir: open(
+        _largest_file(os.path.join(step_dir, "params")), "r+b"
+    ).truncate(10),
+    "overwritten array bytes": lambda step_dir: _overwrite(_largest_file(os.path.join(step_dir, "params"))),
+    "emptied config item": lambda step_dir: open(
+        os.path.join(step_dir, "config", "metadata"), "w"
+    ).close(),
+    "missing ocdbt manifest": lambda step_dir: os.remove(
+        os.path.join(step_dir, "params", "manifest.ocdbt")
+    ),
+}
+
+
+def _overwrite(path: str) -> None:
+    with open(path, "r+b") as file:
+        file.write(b"\0" * 40)
+
+
+def _saved_checkpoints(directory, steps) -> None:
+    with Checkpointer(directory, keep=5) as checkpointer:
+        for step in steps:
+            checkpointer.save(
+                step, _state(float(step)), config={"model": {}}, data_position={"step": step}
+            )
+        checkpointer.wait()
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_an_unreadable_latest_is_set_aside_and_the_previous_one_used(tmp_path, corruption) -> None:
+    directory = tmp_path / "checkpoints"
+    _saved_checkpoints(directory, [1, 2])
+    CORRUPTIONS[corruption](os.path.join(directory, "2"))
+    warnings: list[str] = []
+    with Checkpointer(directory, set_aside_directory=tmp_path / "aside") as checkpointer:
+
+        def read(step: int):
+            checkpointer.read_config(step)
+            return checkpointer.restore(_state(), step)
+
+        step, (state, position) = checkpointer.newest_readable(
+            read, warn=warnings.append, set_aside=checkpointer.set_aside
+        )
+        assert step == 1 and position == {"step": 1}
+        np.testing.assert_array_equal(state.params["w"], _state(1.0).params["w"])
+        assert checkpointer.all_steps() == [1]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: checkpoint 2 in ") and "cannot be read (" in warnings[0]
+    assert f"moved it to {tmp_path / 'aside' / '2'}" in warnings[0]
+    assert "\n" not in warnings[0]
+    assert os.path.isdir(tmp_path / "aside" / "2")  # kept, not deleted
+    with Checkpointer(directory) as checkpointer:
+        assert checkpointer.all_steps() == [1]  # a later run no longer sees it
+
+
+def test_without_set_aside_the_unreadable_one_stays_and_none_readable_is_an_error(tmp_path) -> None:
+    directory = tmp_path / "checkpoints"
+    _saved_checkpoints(directory, [1, 2])
+    for step in ("1", "2"):
+        CORRUPTIONS["emptied config item"](os.path.join(directory, step))
+    warnings: list[str] = []
+    with Checkpointer(directory) as checkpointer:
+        with pytest.raises(UnreadableCheckpointError, match=r"no checkpoint in .* can be read \(steps 2, 1\)"):
+            checkpointer.newest_readable(checkpointer.read_config, warn=warnings.append)
+        assert checkpointer.all_steps() == [1, 2]
+    assert [w.split(" in ")[0] for w in warnings] == ["warning: checkpoint 2", "warning: checkpoint 1"]
+
+
+def test_a_mismatch_is_not_unreadable(tmp_path) -> None:
+    _saved_checkpoints(tmp_path, [1])
+    with Checkpointer(tmp_path) as checkpointer:
+
+        def read(step: int):
+            raise CheckpointMismatchError("another model")
+
+        with pytest.raises(CheckpointMismatchError):
+            checkpointer.newest_readable(read, warn=print, set_aside=checkpointer.set_aside)
+        assert checkpointer.all_steps() == [1]
+    with Checkpointer(tmp_path / "none") as checkpointer:
+        assert checkpointer.newest_readable(checkpointer.read_config, warn=print) is None

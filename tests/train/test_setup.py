@@ -4,6 +4,7 @@ schedule and Adam (against the formula of section 5.3 in float64), decoding opti
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -11,12 +12,15 @@ from flax_transformer import TransformerConfig
 from train.configs import default as default_config
 from train.configs import multi30k
 from train.setup import (
+    RESUMABLE_CHANGES,
+    absolute_paths,
     check_config,
     checkpoint_steps,
     decoding_options,
     device_count,
     model_config_from,
     optimizer_from,
+    resume_changes,
 )
 
 
@@ -51,13 +55,98 @@ def test_the_shipped_configs_pass() -> None:
             4,
             "config.average_last=4 averages more checkpoints than config.keep_checkpoints=3 keeps",
         ),
+        ("adam_b1", 1.5, r"config.adam_b1 must be in \[0, 1\), got 1.5"),
+        ("adam_b2", 1.0, r"config.adam_b2 must be in \[0, 1\), got 1.0"),
+        ("adam_b1", -0.1, r"config.adam_b1 must be in \[0, 1\)"),
+        ("adam_eps", 0.0, "config.adam_eps must be positive, got 0.0"),
+        ("learning_rate_scale", -1.0, "config.learning_rate_scale must be positive, got -1.0"),
+        ("learning_rate_scale", 0.0, "config.learning_rate_scale must be positive"),
+        ("learning_rate_scale", float("nan"), "config.learning_rate_scale must be a finite number"),
+        ("weight_decay", float("inf"), "config.weight_decay must be a finite number"),
+        ("weight_decay", -0.1, "config.weight_decay must be >= 0"),
+        ("warmup_steps", -5, "config.warmup_steps must be positive, got -5"),
+        ("pack_fill", 0.0, r"config.pack_fill must be in \(0, 1\]"),
+        ("num_train_steps", 0, "config.num_train_steps must be positive, got 0"),
+        ("model.dropout_rate", 1.0, r"config.model.dropout_rate must be in \[0, 1\), got 1.0"),
+        ("model.num_heads", 3, r"config.model.d_model \(256\) must be divisible by num_heads"),
+        ("model.d_ff", 0, "config.model.d_ff must be positive, got 0"),
+        ("model.dtype", "float8", "config.model.dtype must be one of"),
+        ("model.vocab_size", -1, "config.model.vocab_size must be >= 0, got -1"),
+        ("init_from", "/nonexistent/run", "config.init_from='/nonexistent/run' is not the workdir"),
     ],
 )
 def test_every_bad_field_is_named(field, value, message) -> None:
     config = default_config.get_config()
-    config[field] = value
+    node, *path = config, *field.split(".")
+    for name in path[:-1]:
+        node = node[name]
+    node[path[-1]] = value
     with pytest.raises(ValueError, match=message):
         check_config(config)
+
+
+def test_data_fields_and_paths_are_checked_before_any_data(tmp_path) -> None:
+    config = default_config.get_config()
+    config.dataset = "parallel_text"
+    with pytest.raises(ValueError, match="needs config.data_path"):
+        check_config(config)
+    config.data_path = str(tmp_path / "missing")
+    config.source_language, config.target_language = "en", "de"
+    with pytest.raises(ValueError, match="config.data_path=.*missing' is not a directory"):
+        check_config(config)
+    config.data_path = str(tmp_path)
+    config.target_language = ""
+    with pytest.raises(ValueError, match="needs config.target_language"):
+        check_config(config)
+    config.target_language = "de"
+    check_config(config)
+    (tmp_path / "file").write_text("x")
+    config.data_dir = str(tmp_path / "file")
+    with pytest.raises(ValueError, match="config.data_dir=.*file' exists and is not a directory"):
+        check_config(config)
+    config = default_config.get_config()
+    config.dataset = "tfds"
+    with pytest.raises(ValueError, match="needs config.tfds_name"):
+        check_config(config)
+
+
+def test_paths_are_made_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = default_config.get_config()
+    config.data_path, config.init_from, config.data_dir = "data/multi30k", "../run", ""
+    absolute_paths(config)
+    assert config.data_path == str(tmp_path / "data" / "multi30k")
+    assert config.init_from == str(tmp_path.parent / "run")
+    assert config.data_dir == ""  # the default (TFDS's own) stays the default
+    config.token_store_dir = "~/stores"
+    absolute_paths(config)
+    assert config.token_store_dir == os.path.expanduser("~/stores")
+
+
+def test_resume_refuses_changes_of_what_the_run_computes_and_accepts_the_rest() -> None:
+    saved = default_config.get_config().to_dict()
+    config = default_config.get_config()
+    config.num_train_steps, config.eval_every_steps = 3000, 250  # always allowed
+    config.model.d_model = 512  # the model is checked elsewhere (never changeable)
+    assert resume_changes(saved, config) == (
+        ["eval_every_steps: 500 -> 250", "num_train_steps: 1500 -> 3000"],
+        [],
+    )
+    config.learning_rate_scale, config.batch_size = 2.0, 64
+    accepted, refused = resume_changes(saved, config)
+    assert refused == ["batch_size: 128 -> 64", "learning_rate_scale: 0.5 -> 2.0"]
+    config.allow_training_changes = True
+    accepted, refused = resume_changes(saved, config)
+    assert refused == [] and "learning_rate_scale: 0.5 -> 2.0" in accepted
+    older = {key: value for key, value in saved.items() if key != "divergence_factor"}
+    config = default_config.get_config()
+    config.divergence_factor = 5.0
+    assert resume_changes(older, config) == ([], [])  # a field the checkpoint predates
+
+
+def test_every_resumable_field_exists() -> None:
+    fields = default_config.get_config()
+    assert all(name in fields for name in RESUMABLE_CHANGES)
 
 
 def test_model_config_takes_the_vocabulary_size_when_zero() -> None:

@@ -14,7 +14,14 @@ import pytest
 import flax_transformer as ft
 from train.configs import default as default_config
 from train.data.vocabulary import SentencePieceVocabulary, WordVocabulary
-from train.workdir import Workdir, abstract_params, average_params, load_run
+from train.checkpoints import UnreadableCheckpointError
+from train.workdir import (
+    TokenizerMismatchError,
+    Workdir,
+    abstract_params,
+    average_params,
+    load_run,
+)
 
 
 def test_layout_is_named_in_one_place(tmp_path) -> None:
@@ -25,6 +32,7 @@ def test_layout_is_named_in_one_place(tmp_path) -> None:
         "tokenizer_path": "tokenizer.model",
         "marian_tokenizer_dir": "marian_tokenizer",
         "checkpoints_dir": "checkpoints",
+        "unreadable_checkpoints_dir": "checkpoints_unreadable",
         "metrics_path": "metrics.jsonl",
         "tensorboard_dir": "tensorboard",
         "translations_dir": "translations",
@@ -115,3 +123,89 @@ def test_load_run_errors(tmp_path) -> None:
     )
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         load_run(tmp_path)
+
+
+def _pairs() -> list[dict[str, str]]:
+    words = ["ab", "ba", "abc", "cab", "bca", "cc"]
+    return [{"source": f"{words[i % 6]} {words[i % 5]}", "target": words[i % 4]} for i in range(60)]
+
+
+def test_the_tokenizer_is_recorded_and_never_retrained_or_swapped(tmp_path) -> None:
+    config = default_config.get_config()
+    config.dataset, config.tokenizer_vocab_size = "parallel_text", 270
+    workdir = Workdir(tmp_path / "run")
+    trained = workdir.vocabulary(config, _pairs())  # a new run: trained
+    written = workdir.write_config(config, ft.TransformerConfig.tiny(), trained)
+    assert written["tokenizer"] == {
+        "identity": "SentencePieceVocabulary:"
+        + __import__("hashlib").sha256(
+            len(trained.model_bytes).to_bytes(8, "little") + trained.model_bytes
+        ).hexdigest(),
+        "vocab_size": 270,
+    }
+    assert workdir.vocabulary(config, _pairs()).model_bytes == trained.model_bytes
+    os.remove(workdir.tokenizer_path)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.model is missing: the run in .* was "
+                       r"trained with it \(identity SentencePieceVocabulary sha256 [0-9a-f]{12}"
+                       r"\.\.\., 270 ids\); put the file back"):
+        workdir.vocabulary(config, _pairs())  # a train source at hand: still not retrained
+    assert not os.path.exists(workdir.tokenizer_path)
+    other = Workdir(tmp_path / "other")
+    config.tokenizer_vocab_size = 268
+    other.vocabulary(config, _pairs())
+    os.replace(other.tokenizer_path, workdir.tokenizer_path)  # a tokenizer of another run
+    with pytest.raises(TokenizerMismatchError, match=r"recorded: 270 ids.*found: 268 ids"):
+        workdir.vocabulary(config)
+
+
+def test_checkpoints_without_a_record_still_refuse_a_retrain(tmp_path) -> None:
+    """Workdirs written before the record: checkpoints alone forbid training a tokenizer."""
+    config = default_config.get_config()
+    config.dataset = "parallel_text"
+    workdir = Workdir(tmp_path)
+    os.makedirs(os.path.join(workdir.checkpoints_dir, "500"))
+    with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
+        workdir.vocabulary(config, _pairs())
+
+
+def test_the_number_words_vocabulary_is_checked_too(tmp_path) -> None:
+    config = default_config.get_config()
+    workdir = Workdir(tmp_path)
+    words = workdir.vocabulary(config)
+    run_config = workdir.write_config(config, ft.TransformerConfig.tiny(), words)
+    run_config["tokenizer"]["identity"] = "WordVocabulary:" + "0" * 64  # as if the code changed
+    Path(workdir.config_path).write_text(json.dumps(run_config))
+    with pytest.raises(TokenizerMismatchError, match="is not the one its run was trained with"):
+        workdir.vocabulary(config)
+
+
+def _trained_run(path, steps) -> Workdir:
+    """A workdir with config.json and params-only checkpoints of a tiny model at `steps`."""
+    workdir = Workdir(path)
+    model = ft.TransformerConfig.tiny()
+    workdir.write_config(ml_collections.ConfigDict({"keep_checkpoints": 5}), model)
+    with workdir.checkpointer(keep=5) as checkpointer:
+        for step in steps:
+            params = ft.init_params(model, jax.random.key(step))
+            checkpointer.save_params(step, params, config={"model": model.to_dict()})
+    return workdir
+
+
+def test_load_run_skips_an_unreadable_latest_with_a_warning(tmp_path) -> None:
+    workdir = _trained_run(tmp_path, [1, 2])
+    step_dir = os.path.join(workdir.checkpoints_dir, "2")
+    with open(os.path.join(step_dir, "config", "metadata"), "w"):
+        pass  # emptied: not JSON any more
+    warnings: list[str] = []
+    run = load_run(workdir, warn=warnings.append)
+    assert run.steps == [1]
+    expected = ft.init_params(ft.TransformerConfig.tiny(), jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint 2 in ")
+    assert os.path.isdir(step_dir)  # evaluation and translation move nothing
+    with pytest.raises(UnreadableCheckpointError, match=r"checkpoint 2 in .* cannot be read .*; "
+                       r"the other checkpoints: \[1\]"):
+        load_run(workdir, step=2)
+    with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
+        load_run(workdir, average_last=2)

@@ -79,6 +79,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0
     config.label_smoothing = 0.1
     config.seed = 0
+    # Divergence: at each log step a non-finite loss or gradient norm stops the run (exit status
+    # 3, nothing saved over the good checkpoints), and so does a loss above divergence_factor
+    # times the lowest of the last 10 logged losses; 0 = only the non-finite check.
+    config.divergence_factor = 3.0
+    # Resuming: fields that decide what the run computes (data, batching, tokenizer, optimizer,
+    # schedule, seed) must match the checkpoint's, or the resume is refused with the diff; True
+    # accepts (and logs) the changes, e.g. a lower learning_rate_scale after a divergence. See
+    # train/setup.py RESUMABLE_CHANGES for the fields that may always change.
+    config.allow_training_changes = False
     # Fine-tuning: a workdir of `python -m train` or `python -m train.convert_marian` whose model
     # (config, latest params) and tokenizer a new run starts from; "" = random initialisation.
     config.init_from = ""

@@ -45,7 +45,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -59,7 +58,8 @@ from typing import Any
 import numpy as np
 
 from train.data.sources import DataSource, read_in_chunks, text
-from train.data.vocabulary import Vocabulary
+from train.data.vocabulary import Vocabulary, vocabulary_identity
+from train.data.vocabulary import sha256_of as _sha256
 
 FORMAT_VERSION = 1
 _ARRAYS = {  # name -> dtype, trailing shape
@@ -75,15 +75,6 @@ _ARRAYS = {  # name -> dtype, trailing shape
 # ---------------------------------------------------------------------------------------------
 # Identities and the fingerprint
 # ---------------------------------------------------------------------------------------------
-def _sha256(*parts: bytes | str) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        data = part.encode("utf-8") if isinstance(part, str) else part
-        digest.update(len(data).to_bytes(8, "little"))  # length-prefixed: no ambiguity
-        digest.update(data)
-    return digest.hexdigest()
-
-
 def data_identity(data_source: DataSource) -> str:
     """A string that changes when the data source's content does (see the module docstring)."""
     inner = getattr(data_source, "data_source", None)  # catalog.TranslationPairs' view
@@ -100,22 +91,6 @@ def data_identity(data_source: DataSource) -> str:
         for part in (text(example["source"]), text(example["target"]))
     ]
     return f"content:{len(data_source)}:{_sha256(*texts)}"
-
-
-def vocabulary_identity(vocabulary: Vocabulary) -> str:
-    """A SHA-256 of what decides the tokenizer's ids (see the module docstring)."""
-    kind = type(vocabulary).__name__
-    if hasattr(vocabulary, "model_bytes"):
-        return f"{kind}:{_sha256(vocabulary.model_bytes)}"
-    if hasattr(vocabulary, "source_model"):  # Marian
-        return f"{kind}:" + _sha256(
-            vocabulary.source_model.serialized_model_proto(),
-            vocabulary.target_model.serialized_model_proto(),
-            json.dumps(vocabulary.encoder, sort_keys=True),
-        )
-    if hasattr(vocabulary, "tokens"):
-        return f"{kind}:{_sha256(*vocabulary.tokens)}"
-    return f"{kind}:{_sha256(pickle.dumps(vocabulary))}"
 
 
 def fingerprint(data_source: DataSource, vocabulary: Vocabulary, max_length: int) -> str:

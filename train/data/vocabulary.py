@@ -8,12 +8,15 @@
 Each offers `Vocabulary`: special ids, `vocab_size`, `encode` (source text), `encode_target`
 (target text: the same as `encode` except for Marian, whose languages have separate
 SentencePiece models) and `decode` (target ids -> text). `bos_id` is the decoder's start token.
+`vocabulary_identity` names what decides the ids: runs store it to refuse another tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -350,3 +353,33 @@ class MarianVocabulary:
         return (
             f"MarianVocabulary(vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id})"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: what decides the ids
+# ---------------------------------------------------------------------------------------------
+def sha256_of(*parts: bytes | str) -> str:
+    """SHA-256 hex digest of `parts`, each length-prefixed (no two sequences collide)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def vocabulary_identity(vocabulary: Vocabulary) -> str:
+    """A string that changes when the tokenizer's ids would: its kind and a SHA-256 of its
+    model (SentencePiece model bytes; Marian's two models and vocab.json; a word list)."""
+    kind = type(vocabulary).__name__
+    if hasattr(vocabulary, "model_bytes"):
+        return f"{kind}:{sha256_of(vocabulary.model_bytes)}"
+    if hasattr(vocabulary, "source_model"):  # Marian
+        return f"{kind}:" + sha256_of(
+            vocabulary.source_model.serialized_model_proto(),
+            vocabulary.target_model.serialized_model_proto(),
+            json.dumps(vocabulary.encoder, sort_keys=True),
+        )
+    if hasattr(vocabulary, "tokens"):
+        return f"{kind}:{sha256_of(*vocabulary.tokens)}"
+    return f"{kind}:{sha256_of(pickle.dumps(vocabulary))}"
