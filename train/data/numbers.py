@@ -192,7 +192,7 @@ def split_numbers(seed: int = SEED, max_digits: int = MAX_DIGITS) -> dict[str, n
     - train: every number below `SHORT_LIMIT`, `TRAIN_REPEATS` times each, and distinct numbers
       of 4..`max_digits` digits (digit count uniform, then the number uniform; the 9,000 numbers
       of 4 digits run out, so longer ones make up the rest) filling it to `SPLIT_SIZES["train"]`;
-      in random order, so that repeats are not adjacent.
+      in random order, so that the copies of a number are spread over the split.
     - validation: `VALIDATION_SHORT` numbers of 1, 2 and 3 digits (also in train) and
       `HELD_OUT_PER_LENGTH["validation"]` numbers of each length from 4 to `max_digits` digits.
     - test: every number below `SHORT_LIMIT` (also in train: they are too few to hold out, and
@@ -202,8 +202,10 @@ def split_numbers(seed: int = SEED, max_digits: int = MAX_DIGITS) -> dict[str, n
     Numbers of 4 or more digits in validation and test are held out: in neither train nor the
     other split. Validation and test are ordered by digit count in turn (`interleave`: 1, 2, ...,
     9, 1, 2, ...; a length drops out when its numbers run out; each length's numbers in random
-    order), so that any prefix represents every length: the first 9 * k examples hold k of each
-    length that has that many (the loop validates on a prefix, config.num_validation_examples).
+    order), so that any prefix represents every length: for k up to 10 (there are ten 1-digit
+    numbers), the first 9 * k examples hold k numbers of each length 1 to 9; later, each turn
+    skips the lengths that have run out. (The loop validates on a prefix,
+    config.num_validation_examples, and tests read the first few.)
 
     With `max_digits` below `MAX_DIGITS`, validation and test lack the longer lengths (and are
     smaller than `SPLIT_SIZES`); train still has `SPLIT_SIZES["train"]` pairs.
