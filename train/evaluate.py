@@ -36,7 +36,13 @@ def main(argv: list[str]) -> int:
 
     from train.data.run_data import evaluation_split
     from train.data.sources import open_roles, role_of
-    from train.evaluation import score, translate_batches
+    from train.evaluation import (
+        describe_groups,
+        exact_match_by_group,
+        group_sizes,
+        score,
+        translate_batches,
+    )
     from train.workdir import load_run
 
     tfds.disable_progress_bar()
@@ -58,6 +64,9 @@ def main(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
     hypotheses = [outputs[index] for index in range(len(split.references))]
     scores = score(hypotheses, split.references)
+    groups = split.groups or []  # per-example groups, e.g. digit counts (none: no groups)
+    by_group = exact_match_by_group(hypotheses, split.references, groups) if groups else {}
+    sizes = group_sizes(groups)
 
     output = _OUTPUT.value or run.workdir.translation_path(split.name, run.steps, options.method)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -70,6 +79,11 @@ def main(argv: list[str]) -> int:
         "decoding": options.describe(),
         "bleu": round(scores["bleu"], 2),
         "chrf": round(scores["chrf"], 2),
+        "exact_match": round(scores["exact_match"], 4),
+        "exact_match_by_group": {
+            group: {"exact_match": round(value, 4), "examples": sizes[group]}
+            for group, value in by_group.items()
+        },
         "bleu_signature": scores["bleu_signature"],
         "chrf_signature": scores["chrf_signature"],
         "decode_seconds": round(seconds, 1),
@@ -77,11 +91,15 @@ def main(argv: list[str]) -> int:
     }
     with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as file:
         json.dump(result, file, indent=2)
+    exact = [f"exact match = {scores['exact_match']:.2%}"]
+    if by_group:
+        exact.append(f"exact match by group: {describe_groups(by_group, sizes)}")
     lines = [
         f"{split.name}: {len(hypotheses)} sentences, {run.describe()}, {options.describe()}, "
         f"decoded in {seconds:.1f} s",
         f"BLEU = {scores['bleu']:.2f}   ({scores['bleu_text']})",
         f"chrF = {scores['chrf']:.2f}",
+        *exact,
         f"signatures: {scores['bleu_signature']}  |  {scores['chrf_signature']}",
         f"hypotheses: {output}",
     ]

@@ -5,6 +5,7 @@
     translate_batches   source batches -> detokenized hypotheses
     score            hypotheses vs references -> corpus BLEU and chrF with sacrebleu (detokenized
                      text, sacrebleu's default 13a tokenization), with sacrebleu's signatures
+    exact_match_by_group   exact match per group of examples (e.g. per digit count)
     evaluate         loss and token accuracy (teacher forcing) + decoding + scores over batches
 
 Multi-process runs (train.distributed): every process feeds `eval_step` its own rows of each
@@ -20,6 +21,8 @@ unlike BLEU over subword ids.
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -143,16 +146,25 @@ def translate_batches(
     return outputs
 
 
-def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF (sacrebleu defaults) and exact match; plus sacrebleu's signatures."""
+def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(
             f"{len(hypotheses)} hypotheses but {len(references)} references: they must pair up"
         )
+
+
+def _matches(hypothesis: str, reference: str) -> bool:
+    """Exact match: the detokenized output is the reference string, character for character."""
+    return hypothesis == reference
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacrebleu defaults) and exact match; plus sacrebleu's signatures."""
+    _check_pairs(hypotheses, references)
     bleu_metric, chrf_metric = sacrebleu.BLEU(), sacrebleu.CHRF()
     bleu = bleu_metric.corpus_score(list(hypotheses), [list(references)])
     chrf = chrf_metric.corpus_score(list(hypotheses), [list(references)])
-    matches = sum(h == r for h, r in zip(hypotheses, references, strict=True))
+    matches = sum(_matches(h, r) for h, r in zip(hypotheses, references, strict=True))
     return {
         "bleu": bleu.score,
         "chrf": chrf.score,
@@ -161,6 +173,65 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any
         "chrf_signature": str(chrf_metric.get_signature()),
         "bleu_text": str(bleu),
     }
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _group_order(name: str) -> tuple[str, int]:
+    """Sort key: by the name without its trailing number, then that number ("digits_2" before
+    "digits_10")."""
+    stem, number = re.fullmatch(r"(.*?)(\d*)", name).groups()
+    return stem, int(number or -1)
+
+
+def group_sizes(groups: Sequence[Sequence[str]]) -> dict[str, int]:
+    """{group: how many examples are in it}, for per-example `groups`, in group order (names
+    with their trailing numbers compared as numbers: digits_1, digits_2, ..., digits_10)."""
+    sizes = Counter(group for example in groups for group in set(example))
+    for group in sizes:
+        if not _GROUP_NAME.fullmatch(group):
+            raise ValueError(
+                f"group names are metric keys: letters, digits and underscores only, got {group!r}"
+            )
+    return {group: sizes[group] for group in sorted(sizes, key=_group_order)}
+
+
+def exact_match_by_group(
+    hypotheses: Sequence[str], references: Sequence[str], groups: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """{group: exact match over the examples in that group} (as `score`'s exact match), in
+    `group_sizes`' order; `groups[i]` are the groups of example i (any number, even none).
+    Groups without examples are absent."""
+    _check_pairs(hypotheses, references)
+    if len(groups) != len(references):
+        raise ValueError(f"{len(groups)} example groups for {len(references)} references")
+    matches: Counter[str] = Counter()
+    for hypothesis, reference, example in zip(hypotheses, references, groups, strict=True):
+        if _matches(hypothesis, reference):
+            matches.update(set(example))
+    return {group: matches[group] / size for group, size in group_sizes(groups).items()}
+
+
+def group_metrics(
+    hypotheses: Sequence[str], references: Sequence[str], groups: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """The per-group metrics of `evaluate`: "exact_match_<group>" (`exact_match_by_group`) and
+    "examples_<group>" (its number of examples, as a float like "examples"), per group."""
+    metrics: dict[str, float] = {}
+    sizes = group_sizes(groups)
+    for group, value in exact_match_by_group(hypotheses, references, groups).items():
+        metrics[f"exact_match_{group}"] = value
+        metrics[f"examples_{group}"] = float(sizes[group])
+    return metrics
+
+
+def describe_groups(exact_matches: Mapping[str, float], sizes: Mapping[str, int]) -> str:
+    """One line of per-group exact matches (`exact_match_by_group`) with the groups' sizes
+    (`group_sizes`), e.g. "below_1000 99.90% (1000), digits_1 100.00% (10)"."""
+    return ", ".join(
+        f"{group} {value:.2%} ({sizes[group]})" for group, value in exact_matches.items()
+    )
 
 
 def evaluate(
@@ -175,9 +246,14 @@ def evaluate(
     sources: Sequence[str],
     options: DecodingOptions | None,
     rows: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """Teacher-forced loss and token accuracy over `batches`; with `options`, also decode every
     example and score it against `references` (indexed by "example_index").
+
+    `groups[i]`: the groups of example i (e.g. ["digits_2", "below_1000"]); with them, the
+    metrics also hold "exact_match_<group>" and "examples_<group>" for every group among the
+    decoded examples (`group_metrics`).
 
     `rows` maps a (global) batch to the rows this process feeds to `parallel.eval_step` (multi-
     process mesh: its share; default: all). Under several processes, decoding is split by batch
@@ -217,6 +293,9 @@ def evaluate(
         summary.update(bleu=scores["bleu"], chrf=scores["chrf"], exact_match=scores["exact_match"])
         summary["bleu_signature"] = scores["bleu_signature"]
         summary["examples"] = float(len(order))
+        if groups is not None:
+            chosen_groups = [groups[i] for i in order]
+            summary.update(group_metrics(hypotheses, chosen_references, chosen_groups))
         examples = [(sources[i], outputs[i], references[i]) for i in order]
     return summary, examples
 
@@ -233,4 +312,8 @@ __all__ = [
     "translate_batches",
     "evaluate",
     "score",
+    "exact_match_by_group",
+    "group_metrics",
+    "group_sizes",
+    "describe_groups",
 ]

@@ -357,6 +357,7 @@ def evaluate_split(
         sources=split.sources,
         options=options,
         rows=rows,
+        groups=split.groups,
     )
 
 

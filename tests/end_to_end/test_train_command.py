@@ -129,6 +129,9 @@ def test_tiny_run_writes_metrics_checkpoints_and_learns(data_dir: str, tmp_path)
     assert validation[-1]["examples"] == 50
     assert result.test["examples"] == SPLIT_SIZES["test"]
     assert 0.0 <= result.test["exact_match"] <= 1.0
+    # Exact match per digit count and over 0..999: test holds every number below 1000.
+    assert result.test["examples_below_1000"] == 1000 and result.test["examples_digits_9"] == 300
+    assert 0.0 <= validation[-1]["exact_match_digits_1"] <= 1.0
     assert os.listdir(tmp_path / "tensorboard")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["d_model"] == 32

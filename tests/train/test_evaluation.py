@@ -9,7 +9,17 @@ import pytest
 import sacrebleu
 
 import flax_transformer as ft
-from train.evaluation import DecodingOptions, evaluate, generate_tokens, score, translate_batches
+from train.evaluation import (
+    DecodingOptions,
+    describe_groups,
+    evaluate,
+    exact_match_by_group,
+    generate_tokens,
+    group_metrics,
+    group_sizes,
+    score,
+    translate_batches,
+)
 
 
 def test_score_matches_sacrebleu_and_counts_exact_matches() -> None:
@@ -108,3 +118,75 @@ def test_evaluate_sums_loss_over_real_rows_and_scores_decoded_text(model, rng) -
     assert summary["examples"] == 3.0
     assert [source for source, _, _ in examples] == ["3", "5", "7"]  # in data order
     assert summary["exact_match"] == 0.0
+
+
+def test_exact_match_by_group_by_hand() -> None:
+    hypotheses = ["seven", "twelve", "forty", "one hundred", "ten thousand"]
+    references = ["seven", "eleven", "forty", "one hundred", "ten thousand one"]
+    groups = [
+        ["digits_1", "below_1000"],
+        ["digits_2", "below_1000"],
+        ["digits_2", "below_1000"],
+        ["digits_3", "below_1000", "below_1000"],  # a repeated group counts once
+        ["digits_10"],
+    ]
+    # below_1000: 3 of 4 right; digits_2: 1 of 2; digits_10 sorts after digits_3.
+    expected = {"below_1000": 0.75, "digits_1": 1.0, "digits_2": 0.5, "digits_3": 1.0,
+                "digits_10": 0.0}  # fmt: skip
+    by_group = exact_match_by_group(hypotheses, references, groups)
+    assert by_group == expected and list(by_group) == list(expected)
+    sizes = group_sizes(groups)
+    assert sizes == {"below_1000": 4, "digits_1": 1, "digits_2": 2, "digits_3": 1, "digits_10": 1}
+    assert describe_groups(by_group, sizes) == (
+        "below_1000 75.00% (4), digits_1 100.00% (1), digits_2 50.00% (2), "
+        "digits_3 100.00% (1), digits_10 0.00% (1)"
+    )
+    metrics = group_metrics(hypotheses, references, groups)
+    assert metrics["exact_match_digits_2"] == 0.5 and metrics["examples_digits_2"] == 2.0
+    assert len(metrics) == 10
+    # The same definition as score's exact match: over one group holding everything, equal.
+    everything = exact_match_by_group(hypotheses, references, [["all"]] * 5)["all"]
+    assert everything == score(hypotheses, references)["exact_match"] == 0.6
+    assert exact_match_by_group(["a"], ["a"], [[]]) == {}  # an example may have no group
+
+
+def test_exact_match_by_group_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="2 example groups for 1 references"):
+        exact_match_by_group(["a"], ["a"], [["x"], ["y"]])
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        exact_match_by_group(["a", "b"], ["a"], [["x"]])
+    with pytest.raises(ValueError, match="letters, digits and underscores only, got 'digits-1'"):
+        exact_match_by_group(["a"], ["a"], [["digits-1"]])
+
+
+def test_evaluate_reports_exact_match_per_group_of_the_decoded_examples(model, rng) -> None:
+    config, params = model
+    parallel = ft.DataParallel("single", model_config=config)
+    optimizer = ft.make_optimizer(ft.transformer_schedule(config.d_model, 10))
+    state = parallel.put_state(ft.create_train_state(config, optimizer, jax.random.key(0)))
+    state = state.replace(params=params)
+    batch = _batch(rng)  # decodes examples 7, 3 and 5
+    options = DecodingOptions(method="greedy", max_length=8)
+    outputs = translate_batches(config, params, [batch], _Digits(), options)
+    references = ["x"] * 8
+    references[5] = outputs[5]  # the one right answer
+    groups = [["odd"] if i % 2 else ["even"] for i in range(8)]
+    groups[3] = ["odd", "three"]
+    summary, _ = evaluate(
+        parallel, state, params, [batch], model_config=config, vocabulary=_Digits(),
+        references=references, sources=[str(i) for i in range(8)], options=options,
+        groups=groups,
+    )  # fmt: skip
+    assert summary["exact_match"] == pytest.approx(1 / 3)
+    # Only decoded examples count: "even" has none of them (0, 2, 4, 6 are not decoded).
+    assert {k: v for k, v in summary.items() if k.startswith(("exact_match_", "examples_"))} == {
+        "exact_match_odd": pytest.approx(1 / 3),
+        "examples_odd": 3.0,
+        "exact_match_three": 0.0,
+        "examples_three": 1.0,
+    }
+    without, _ = evaluate(
+        parallel, state, params, [batch], model_config=config, vocabulary=_Digits(),
+        references=references, sources=[str(i) for i in range(8)], options=options,
+    )  # fmt: skip
+    assert not any(key.startswith("exact_match_") for key in without)

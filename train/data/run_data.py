@@ -28,7 +28,7 @@ import numpy as np
 
 from train.data import batching, token_store
 from train.data.packing import DEFAULT_FILL, PackedBatches
-from train.data.sources import DataSource, data_dir, read_texts
+from train.data.sources import DataSource, data_dir, dataset_of, read_texts
 from train.data.vocabulary import Vocabulary
 
 # The values of config.batching: a fixed number of pairs per batch, or a token budget.
@@ -46,16 +46,22 @@ def eval_bucket_lengths(limit: int) -> list[int]:
 
 @dataclasses.dataclass
 class EvalSplit:
-    """An evaluation split: batches with "example_index", and the texts they index."""
+    """An evaluation split: batches with "example_index", and the texts they index.
+
+    `groups[i]`: the groups of example i (the dataset's `example_groups` of its source, e.g.
+    ["digits_2", "below_1000"]) for exact match per group; None for a dataset without groups.
+    """
 
     name: str
     batches: list[dict[str, np.ndarray]]
     sources: list[str]
     references: list[str]
+    groups: list[list[str]] | None = None
 
     def first(self, count: int) -> EvalSplit:
         """The split limited to its first `count` examples (0: all): the batches holding them,
-        with the other rows' "example_index" set to -1 (not decoded, not scored)."""
+        with the other rows' "example_index" set to -1 (not decoded, not scored). The texts and
+        groups stay whole: "example_index" indexes them."""
         if not count:
             return self
         batches = []
@@ -175,9 +181,18 @@ def _eval_batches(
     )
 
 
-def _eval_split(name: str, source: DataSource, batches: list[dict[str, np.ndarray]]) -> EvalSplit:
+def _eval_split(
+    config: ml_collections.ConfigDict,
+    name: str,
+    source: DataSource,
+    batches: list[dict[str, np.ndarray]],
+) -> EvalSplit:
+    """The split's batches with its texts, and each example's groups when `config`'s dataset
+    has `example_groups`."""
     sources, references = read_texts(source)
-    return EvalSplit(name, batches, sources, references)
+    example_groups = dataset_of(config).example_groups
+    groups = None if example_groups is None else [example_groups(s) for s in sources]
+    return EvalSplit(name, batches, sources, references, groups)
 
 
 def token_store_root(config: ml_collections.ConfigDict) -> str:
@@ -235,7 +250,7 @@ def training_data(
     )  # fmt: skip
     evaluation = {
         role: _eval_split(
-            role, sources[role], _eval_batches(config, split, vocabulary, train_batches)
+            config, role, sources[role], _eval_batches(config, split, vocabulary, train_batches)
         )
         for role, split in held_out.items()
     }
@@ -265,7 +280,7 @@ def evaluation_split(
     """One split for decoding and scoring (`python -m train.evaluate`): sorted by length into
     bucket shapes, whatever the training batching (decoded outputs do not depend on the batch)."""
     split = _tokenized_eval(config, role, source, vocabulary)
-    return _eval_split(role, source, _eval_batches(config, split, vocabulary))
+    return _eval_split(config, role, source, _eval_batches(config, split, vocabulary))
 
 
 def sentence_batches(

@@ -92,11 +92,19 @@ class Dataset:
     open_splits(config, split_names) -> {split name: data source}, preparing the data on first
     use. fixed_vocabulary() -> the dataset's own vocabulary, or None when the run trains a
     SentencePiece model on the training split.
+    input_problem(line) -> None when a line given to `python -m train.translate` is a source the
+    dataset covers, else a short reason why not (None: any text is accepted).
+    example_groups(source) -> the groups a source sentence belongs to (names of letters, digits
+    and underscores, e.g. "digits_5"), for exact match per group (None: no groups).
     """
 
     name: str
     open_splits: Callable[[ml_collections.ConfigDict, list[str]], dict[str, DataSource]]
     fixed_vocabulary: Callable[[], Any] | None = None
+    # why a translate input line is outside the task, or None
+    input_problem: Callable[[str], str | None] | None = None
+    # groups of a source sentence for per-group exact match
+    example_groups: Callable[[str], list[str]] | None = None
 
 
 def _number_words(config: ml_collections.ConfigDict, splits: list[str]) -> dict[str, DataSource]:
@@ -139,8 +147,26 @@ def _number_words_vocabulary() -> Any:
     return numbers.number_words_vocabulary()
 
 
+def _number_words_input_problem(text: str) -> str | None:
+    from train.data import numbers
+
+    return numbers.source_problem(text)
+
+
+def _number_words_groups(source: str) -> list[str]:
+    from train.data import numbers
+
+    return numbers.example_groups(source)
+
+
 DATASETS = {
-    "number_words": Dataset("number_words", _number_words, _number_words_vocabulary),
+    "number_words": Dataset(
+        "number_words",
+        _number_words,
+        _number_words_vocabulary,
+        input_problem=_number_words_input_problem,
+        example_groups=_number_words_groups,
+    ),
     "parallel_text": Dataset("parallel_text", _parallel_text),
     "tfds": Dataset("tfds", _tfds_catalog),
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,19 @@ import pytest
 
 from train.data.batching import FixedRowsBatches, tokenize_split
 from train.data.numbers import (
+    HELD_OUT_PER_LENGTH,
     SPLIT_SIZES,
+    TRAIN_REPEATS,
+    VALIDATION_SHORT,
     NumberWords,
+    digit_counts,
+    example_groups,
     generate_examples,
+    interleave,
     number_to_words,
     number_words_vocabulary,
     prepare_number_words,
+    source_problem,
     split_numbers,
 )
 
@@ -136,39 +144,183 @@ def test_vocabulary_unknown_tokens_and_decode_rules(vocabulary):
 # --- splits -----------------------------------------------------------------------------------
 
 
-def test_split_numbers_are_disjoint_cover_all_lengths_and_are_deterministic():
-    numbers = split_numbers()
-    assert {split: len(numbers[split]) for split in numbers} == SPLIT_SIZES
-    train, validation, test = (set(numbers[s].tolist()) for s in ("train", "validation", "test"))
-    assert len(train) == SPLIT_SIZES["train"]  # distinct within the split too
-    assert not train & validation and not train & test and not validation & test
-    assert min(validation | test) >= 100
-    assert set(range(100)) <= train  # every 1- and 2-digit number is trained on
-    assert {len(str(n)) for n in train} == set(range(1, 10))
+@pytest.fixture(scope="module")
+def splits() -> dict[str, np.ndarray]:
+    return split_numbers()
 
+
+def _lengths(numbers) -> Counter:
+    """{digit count: how many of `numbers`}, counted on the decimal strings."""
+    return Counter(len(str(n)) for n in numbers.tolist())
+
+
+LONG = range(4, 10)  # the held-out lengths
+
+
+def test_split_sizes_are_the_documented_composition():
+    # Hand-worked: 10 one-digit, 90 two-digit and 900 three-digit numbers.
+    assert 10 * TRAIN_REPEATS[1] + 90 * TRAIN_REPEATS[2] + 900 * TRAIN_REPEATS[3] == 19_000
+    assert sum(VALIDATION_SHORT.values()) + 6 * HELD_OUT_PER_LENGTH["validation"] == 1_000
+    assert 1_000 + 6 * HELD_OUT_PER_LENGTH["test"] == 2_800
+    assert SPLIT_SIZES == {"train": 200_000, "validation": 1_000, "test": 2_800}
+
+
+def test_train_holds_every_number_below_1000_oversampled(splits):
+    train = splits["train"]
+    assert len(train) == SPLIT_SIZES["train"] and train.dtype == np.int64
+    counts = Counter(train.tolist())
+    for n in range(1000):
+        assert counts[n] == TRAIN_REPEATS[len(str(n))], n
+    long = [n for n in counts if n >= 1000]
+    assert all(counts[n] == 1 for n in long)  # longer numbers are distinct
+    assert len(long) == 200_000 - 19_000
+    assert set(_lengths(np.array(long))) == set(LONG)
+    # Shuffled: the 100 copies of 7 are spread over the split, not in one block.
+    positions = np.flatnonzero(train == 7)
+    assert positions.max() - positions.min() > 100_000 and np.diff(positions).mean() > 1_000
+
+
+def test_held_out_numbers_are_disjoint_and_stratified_by_length(splits):
+    train, validation, test = (splits[s] for s in ("train", "validation", "test"))
+    assert len(validation) == SPLIT_SIZES["validation"] and len(test) == SPLIT_SIZES["test"]
+    assert len(set(validation.tolist())) == len(validation)  # distinct within each split
+    assert len(set(test.tolist())) == len(test)
+    long_validation = {n for n in validation.tolist() if n >= 1000}
+    long_test = {n for n in test.tolist() if n >= 1000}
+    long_train = {n for n in train.tolist() if n >= 1000}
+    assert not long_validation & long_train and not long_test & long_train
+    assert not long_validation & long_test
+    # Test holds every number below 1000; validation a sample of them.
+    assert {n for n in test.tolist() if n < 1000} == set(range(1000))
+    assert _lengths(test) == {1: 10, 2: 90, 3: 900, **{d: 300 for d in LONG}}
+    assert _lengths(validation) == {1: 10, 2: 50, 3: 100, **{d: 140 for d in LONG}}
+
+
+def _round_robin(lengths: Counter) -> list[int]:
+    """The lengths one after another in turns, 1..9, each while it lasts (hand-rolled loops)."""
+    order = []
+    for turn in range(max(lengths.values())):
+        for digits in range(1, 10):
+            if lengths[digits] > turn:
+                order.append(digits)
+    return order
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_any_prefix_of_a_held_out_split_represents_every_length(splits, split):
+    lengths = [len(str(n)) for n in splits[split].tolist()]
+    assert lengths == _round_robin(Counter(lengths))
+    assert lengths[:9] == list(range(1, 10))
+    assert set(lengths[:50]) == set(range(1, 10))  # tests validate on the first 50
+    for k in (1, 5, 10):
+        assert Counter(lengths[: 9 * k]) == {d: k for d in range(1, 10)}
+
+
+def test_interleave_takes_the_groups_in_turn():
+    groups = [np.array([1, 2, 3]), np.array([10]), np.array([20, 21]), np.array([], np.int64)]
+    assert interleave(groups).tolist() == [1, 10, 20, 2, 21, 3]
+    assert interleave(groups).dtype == np.int64
+
+
+def test_digit_counts_are_the_lengths_of_the_decimal_strings():
+    numbers = np.array([0, 1, 9, 10, 99, 100, 999, 1000, 40712, 99_999_999, 100_000_000])
+    numbers = np.concatenate([numbers, [999_999_999]])
+    np.testing.assert_array_equal(digit_counts(numbers), [len(str(n)) for n in numbers])
+
+
+def test_split_numbers_are_deterministic(splits):
     again = split_numbers()
-    for split in numbers:
-        np.testing.assert_array_equal(numbers[split], again[split])
-    first = list(generate_examples(numbers["validation"][:50]))
+    for split in splits:
+        np.testing.assert_array_equal(splits[split], again[split])
+    first = list(generate_examples(splits["validation"][:50]))
     assert first == list(generate_examples(again["validation"][:50]))
-    assert first[0] == (
-        int(numbers["validation"][0]),
-        {"source": str(numbers["validation"][0]), "target": number_to_words(first[0][0])},
-    )
-    assert not np.array_equal(split_numbers(seed=1)["test"], numbers["test"])
+    number = int(splits["validation"][0])
+    assert first[0] == (0, {"source": str(number), "target": number_to_words(number)})
+    assert [key for key, _ in first] == list(range(50))  # keys are positions: train repeats
+    other = split_numbers(seed=1)
+    assert not np.array_equal(other["test"], splits["test"])
+    assert sorted(other["test"][other["test"] < 1000]) == list(range(1000))
 
 
-def test_prepared_splits_hold_the_generated_examples(data_dir, builder):
+def test_split_numbers_with_fewer_digits():
+    numbers = split_numbers(max_digits=6)
+    assert len(numbers["train"]) == SPLIT_SIZES["train"]
+    assert _lengths(numbers["test"]) == {1: 10, 2: 90, 3: 900, 4: 300, 5: 300, 6: 300}
+    assert max(numbers["train"]) < 10**6
+    with pytest.raises(ValueError, match="too few"):
+        split_numbers(max_digits=5)  # 99,000 numbers of 4 or 5 digits: too few for train
+    with pytest.raises(ValueError, match=r"max_digits must be in 4..9, got 3"):
+        split_numbers(max_digits=3)
+
+
+def test_prepared_splits_hold_the_generated_examples_in_order(data_dir, builder, splits):
     assert prepare_number_words(data_dir).info.splits["train"].num_examples == SPLIT_SIZES["train"]
-    numbers = split_numbers()
+    assert str(builder.info.version) == "2.0.0"
     for split, size in SPLIT_SIZES.items():
         assert builder.info.splits[split].num_examples == size
     for split in ("validation", "test"):
         source = builder.as_data_source(split=split)
         records = [source[i] for i in range(len(source))]
-        assert {_text(r["source"]) for r in records} == {str(n) for n in numbers[split]}
+        assert [_text(r["source"]) for r in records] == [str(n) for n in splits[split]]
         assert all(_text(r["target"]) == number_to_words(int(r["source"])) for r in records)
+    train = builder.as_data_source(split="train")
+    positions = range(0, len(train), 997)
+    assert [_text(train[i]["source"]) for i in positions] == [
+        str(splits["train"][i]) for i in positions
+    ]
     assert builder.info.supervised_keys == ("source", "target")
+
+
+# --- inputs the task covers, and groups ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["0", "7", "10", "40712", "999999999", " 12 ", "100000000"])
+def test_sources_the_task_covers(text: str):
+    assert source_problem(text) is None
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "an empty line is not a number"),
+        ("   ", "an empty line is not a number"),
+        ("12a", "'12a' is not a number written in digits (0-9 only)"),
+        ("twelve", "'twelve' is not a number written in digits (0-9 only)"),
+        ("1,000", "'1,000' is not a number written in digits (0-9 only)"),
+        ("1.5", "'1.5' is not a number written in digits (0-9 only)"),
+        ("-", "'-' is not a number written in digits (0-9 only)"),
+        ("\uff11\uff12", "'\uff11\uff12' is not a number written in digits (0-9 only)"),
+        ("-5", "'-5' has a sign: the task covers numbers 0 to 999,999,999 written without one"),
+        ("+5", "'+5' has a sign: the task covers numbers 0 to 999,999,999 written without one"),
+        ("1 2", "'1 2' has spaces between its digits: write them together"),
+        ("12\t000", "'12\\t000' has spaces between its digits: write them together"),
+        ("0012", "'0012' has leading zeros: write it as '12'"),
+        ("00", "'00' has leading zeros: write it as '0'"),
+        ("1234567890", "'1234567890' has 10 digits; the task covers 1 to 9"),
+        ("0001234567890", "'0001234567890' has 13 digits; the task covers 1 to 9"),
+        ("x" * 50, "'" + "x" * 40 + "...' is not a number written in digits (0-9 only)"),
+    ],
+)
+def test_sources_outside_the_task_get_a_reason(text: str, problem: str):
+    assert source_problem(text) == problem
+
+
+@pytest.mark.parametrize(
+    "source, groups",
+    [
+        ("0", ["digits_1", "below_1000"]),
+        ("7", ["digits_1", "below_1000"]),
+        ("42", ["digits_2", "below_1000"]),
+        ("999", ["digits_3", "below_1000"]),
+        ("1000", ["digits_4"]),
+        ("40712", ["digits_5"]),
+        ("999999999", ["digits_9"]),
+        ("0012", []),
+        ("12a", []),
+    ],
+)
+def test_example_groups(source: str, groups: list[str]):
+    assert example_groups(source) == groups
 
 
 def test_data_is_read_without_tensorflow(data_dir):

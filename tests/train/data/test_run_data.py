@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from train.configs import default as default_config
-from train.data.numbers import number_to_words, number_words_vocabulary
+from train.data.numbers import example_groups, number_to_words, number_words_vocabulary
 from train.data.run_data import (
     BATCHING_MODES,
     EvalSplit,
@@ -95,6 +95,20 @@ def test_first_examples_of_a_split() -> None:
     kept = [int(i) for b in limited.batches for i in b["example_index"] if i >= 0]
     assert kept == [0, 1, 2, 3, 4] and len(limited.batches) == 2
     assert split.first(0) is split and isinstance(limited, EvalSplit)
+
+
+def test_evaluation_splits_carry_the_groups_of_their_sources() -> None:
+    data = training_data(_config(), _sources(), VOCABULARY)
+    assert data.validation.groups == [
+        ["digits_1", "below_1000"], ["digits_9"], ["digits_2", "below_1000"]
+    ]  # fmt: skip
+    assert data.test.groups == [example_groups(s) for s in data.test.sources]
+    assert data.test.first(2).groups == data.test.groups  # indexed by example_index: whole
+    decoding = evaluation_split(_config(), "validation", _sources()["validation"], VOCABULARY)
+    assert decoding.groups == data.validation.groups
+    # A dataset without example_groups: no groups.
+    text = training_data(_config(dataset="parallel_text"), _sources(), VOCABULARY)
+    assert text.validation.groups is None and text.test.groups is None
 
 
 def test_evaluation_split_for_decoding_is_bucketed() -> None:

@@ -34,9 +34,14 @@ def test_the_registry_and_fixed_vocabularies() -> None:
     assert list(DATASETS) == ["number_words", "parallel_text", "tfds"]
     config = default_config.get_config()
     assert dataset_of(config).fixed_vocabulary().vocab_size == 45  # number words bring theirs
+    # ...and say which inputs they cover and which groups a source is in.
+    assert dataset_of(config).input_problem("12") is None
+    assert dataset_of(config).input_problem("-5").startswith("'-5' has a sign")
+    assert dataset_of(config).example_groups("12") == ["digits_2", "below_1000"]
     for name in ("parallel_text", "tfds"):
         config.dataset = name
         assert dataset_of(config).fixed_vocabulary is None  # the run trains SentencePiece
+        assert dataset_of(config).input_problem is dataset_of(config).example_groups is None
     config.dataset = "wmt"
     with pytest.raises(ValueError, match="config.dataset must be one of"):
         dataset_of(config)
@@ -57,7 +62,7 @@ def test_number_words_open_by_role(tmp_path) -> None:
     sources = open_roles(config, ["validation", "test"])
     assert {role: len(source) for role, source in sources.items()} == {
         "validation": 1000,
-        "test": 2000,
+        "test": 2800,  # numbers.SPLIT_SIZES
     }
     config.test_split = "test2017"
     with pytest.raises(ValueError, match=r"no split\(s\) 'test2017' \(config.test_split\)"):
