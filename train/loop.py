@@ -57,12 +57,12 @@ from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
 from train import distributed
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
-from train.divergence import Diverged, LossWatch, remedies, state_is_finite
 from train.data.batching import process_share
 from train.data.prefetch import Prefetch
 from train.data.run_data import EvalSplit, RunData, training_data, training_store
 from train.data.sources import dataset_of, open_roles
-from train.evaluation import DecodingOptions, evaluate
+from train.divergence import Diverged, LossWatch, remedies, state_is_finite
+from train.evaluation import DecodingOptions, describe_groups, evaluate
 from train.metric_writers import MetricWriter
 from train.setup import (
     absolute_paths,
@@ -373,6 +373,11 @@ def _report(
             f"{summary['exact_match']:.2%} ({int(summary['examples'])} examples)"
         )
     tqdm.write(line)
+    prefix = "exact_match_"
+    by_group = {key[len(prefix) :]: v for key, v in summary.items() if key.startswith(prefix)}
+    if by_group:
+        sizes = {group: int(summary[f"examples_{group}"]) for group in by_group}
+        tqdm.write(f"  exact match by group: {describe_groups(by_group, sizes)}")
     for source, output, reference in examples[:samples]:
         tqdm.write(f"  {source}\n    -> {output}\n    reference: {reference}")
 
@@ -419,9 +424,7 @@ def _preempted(step: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def train(
-    run: Run, writer: MetricWriter
-) -> tuple[int, bool, dict[str, float], Diverged | None]:
+def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float], Diverged | None]:
     """Train `run` to config.num_train_steps (or a stop request, or a divergence); returns
     (step reached, interrupted, the last validation metrics, the divergence or None). Every
     checkpoint is on disk when it returns."""

@@ -129,7 +129,7 @@ class Workdir:
     def read_config(self) -> tuple[ml_collections.ConfigDict, TransformerConfig]:
         """(training config, model config) of config.json."""
         if not os.path.isdir(self.path):
-            raise FileNotFoundError(f"{self.path} is not a directory (a workdir of python -m train)")
+            raise FileNotFoundError(f"{self.path} is not a directory: no run was written there")
         saved = self._saved()
         if not saved:
             raise FileNotFoundError(

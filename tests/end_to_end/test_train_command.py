@@ -196,7 +196,7 @@ def test_sigkill_at_random_moments_and_during_saves_resumes_bit_identically(
     subprocess.run(command_line(straight, data_dir, **quick), check=True, capture_output=True)
     rng = random.Random(16)
     during_saves = 0
-    for attempt in range(4):
+    for attempt in range(3):  # killed during a save, at a random moment, during a save
         process = subprocess.Popen(
             command_line(interrupted, data_dir, **quick),
             stdout=subprocess.DEVNULL,

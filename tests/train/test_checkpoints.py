@@ -141,23 +141,27 @@ def _largest_file(directory) -> str:
     return max(files, key=os.path.getsize)
 
 
-CORRUPTIONS = {
-    "truncated array file": lambda step_dir: open(
-        _largest_file(os.path.join(step_dir, "params")), "r+b"
-    ).truncate(10),
-    "overwritten array bytes": lambda step_dir: _overwrite(_largest_file(os.path.join(step_dir, "params"))),
-    "emptied config item": lambda step_dir: open(
-        os.path.join(step_dir, "config", "metadata"), "w"
-    ).close(),
-    "missing ocdbt manifest": lambda step_dir: os.remove(
-        os.path.join(step_dir, "params", "manifest.ocdbt")
-    ),
-}
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as file:
+        file.truncate(10)
 
 
 def _overwrite(path: str) -> None:
     with open(path, "r+b") as file:
         file.write(b"\0" * 40)
+
+
+def _empty(path: str) -> None:
+    with open(path, "w"):
+        pass
+
+
+CORRUPTIONS = {  # what a full disk or a copy cut short leaves in a step directory
+    "truncated array file": lambda step: _truncate(_largest_file(os.path.join(step, "params"))),
+    "overwritten array bytes": lambda step: _overwrite(_largest_file(os.path.join(step, "params"))),
+    "emptied config item": lambda step: _empty(os.path.join(step, "config", "metadata")),
+    "missing manifest": lambda step: os.remove(os.path.join(step, "params", "manifest.ocdbt")),
+}
 
 
 def _saved_checkpoints(directory, steps) -> None:
@@ -203,10 +207,12 @@ def test_without_set_aside_the_unreadable_one_stays_and_none_readable_is_an_erro
         CORRUPTIONS["emptied config item"](os.path.join(directory, step))
     warnings: list[str] = []
     with Checkpointer(directory) as checkpointer:
-        with pytest.raises(UnreadableCheckpointError, match=r"no checkpoint in .* can be read \(steps 2, 1\)"):
+        expected = r"no checkpoint in .* can be read \(steps 2, 1\)"
+        with pytest.raises(UnreadableCheckpointError, match=expected):
             checkpointer.newest_readable(checkpointer.read_config, warn=warnings.append)
         assert checkpointer.all_steps() == [1, 2]
-    assert [w.split(" in ")[0] for w in warnings] == ["warning: checkpoint 2", "warning: checkpoint 1"]
+    named = [warning.split(" in ")[0] for warning in warnings]
+    assert named == ["warning: checkpoint 2", "warning: checkpoint 1"]
 
 
 def test_a_mismatch_is_not_unreadable(tmp_path) -> None:

@@ -27,6 +27,7 @@ LAYERS = [
     "checkpoints",
     "workdir",
     "metric_writers",
+    "divergence",
     "evaluation",
     "setup",
     "loop",

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import flax_transformer as ft
+from train.checkpoints import UnreadableCheckpointError
 from train.configs import default as default_config
 from train.data.vocabulary import SentencePieceVocabulary, WordVocabulary
-from train.checkpoints import UnreadableCheckpointError
 from train.workdir import (
     TokenizerMismatchError,
     Workdir,
@@ -138,16 +138,19 @@ def test_the_tokenizer_is_recorded_and_never_retrained_or_swapped(tmp_path) -> N
     written = workdir.write_config(config, ft.TransformerConfig.tiny(), trained)
     assert written["tokenizer"] == {
         "identity": "SentencePieceVocabulary:"
-        + __import__("hashlib").sha256(
-            len(trained.model_bytes).to_bytes(8, "little") + trained.model_bytes
-        ).hexdigest(),
+        + __import__("hashlib")
+        .sha256(len(trained.model_bytes).to_bytes(8, "little") + trained.model_bytes)
+        .hexdigest(),
         "vocab_size": 270,
     }
     assert workdir.vocabulary(config, _pairs()).model_bytes == trained.model_bytes
     os.remove(workdir.tokenizer_path)
-    with pytest.raises(FileNotFoundError, match=r"tokenizer.model is missing: the run in .* was "
-                       r"trained with it \(identity SentencePieceVocabulary sha256 [0-9a-f]{12}"
-                       r"\.\.\., 270 ids\); put the file back"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"tokenizer.model is missing: the run in .* was "
+        r"trained with it \(identity SentencePieceVocabulary sha256 [0-9a-f]{12}"
+        r"\.\.\., 270 ids\); put the file back",
+    ):
         workdir.vocabulary(config, _pairs())  # a train source at hand: still not retrained
     assert not os.path.exists(workdir.tokenizer_path)
     other = Workdir(tmp_path / "other")
@@ -204,8 +207,11 @@ def test_load_run_skips_an_unreadable_latest_with_a_warning(tmp_path) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint 2 in ")
     assert os.path.isdir(step_dir)  # evaluation and translation move nothing
-    with pytest.raises(UnreadableCheckpointError, match=r"checkpoint 2 in .* cannot be read .*; "
-                       r"the other checkpoints: \[1\]"):
+    with pytest.raises(
+        UnreadableCheckpointError,
+        match=r"checkpoint 2 in .* cannot be read .*; "
+        r"the other checkpoints: \[1\]",
+    ):
         load_run(workdir, step=2)
     with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
         load_run(workdir, average_last=2)
