@@ -248,6 +248,7 @@ def set_up_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     absolute_paths(config)
     check_config(config)
     workdir = Workdir(workdir)
+    workdir.create()
     if origin := workdir.imported_from():  # convert_marian's workdirs hold params only
         raise ValueError(
             f"{workdir.path} holds imported parameters only (from {origin}), no training state: "

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,22 @@ class Workdir:
     metrics_path = property(lambda self: self._join("metrics.jsonl"))
     tensorboard_dir = property(lambda self: self._join("tensorboard"))
     translations_dir = property(lambda self: self._join("translations"))
+
+    def create(self) -> None:
+        """Create the directory and make sure files can be written in it: a training run calls
+        this before it prepares any data, so that a mistyped or read-only --workdir costs
+        seconds. Raises OSError naming the workdir and the reason."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise NotADirectoryError(f"the workdir {self.path} is a file, not a directory")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise OSError(
+                error.errno, f"cannot write in the workdir {self.path}: {reason}"
+            ) from None
 
     # --- config.json ------------------------------------------------------------------------
     def holds_run(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -215,3 +216,20 @@ def test_load_run_skips_an_unreadable_latest_with_a_warning(tmp_path) -> None:
         load_run(workdir, step=2)
     with pytest.raises(UnreadableCheckpointError, match="checkpoint 2 .* cannot be read"):
         load_run(workdir, average_last=2)
+
+
+def test_create_refuses_a_file_and_an_unwritable_directory(tmp_path, monkeypatch) -> None:
+    Workdir(tmp_path / "new" / "run").create()
+    assert os.path.isdir(tmp_path / "new" / "run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="the workdir .*file is a file, not a directory"):
+        Workdir(tmp_path / "file").create()
+    with pytest.raises(OSError, match="cannot write in the workdir .*file/run: Not a directory"):
+        Workdir(tmp_path / "file" / "run").create()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("train.workdir.tempfile.TemporaryFile", read_only)
+    with pytest.raises(OSError, match="cannot write in the workdir .*: Read-only file system"):
+        Workdir(tmp_path / "new" / "run").create()

@@ -150,6 +150,8 @@ class TokenStore:
                 meta = json.load(file)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} is not a token store (no meta.json)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}/meta.json is not valid JSON ({error})") from None
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path} has token store format {meta.get('format')}, not "
                              f"{FORMAT_VERSION}")  # fmt: skip
@@ -157,6 +159,12 @@ class TokenStore:
         for name, (dtype, tail) in _ARRAYS.items():
             shape = (meta["shapes"][name], *tail)
             file = os.path.join(path, f"{name}.bin")
+            expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            found = os.path.getsize(file) if os.path.exists(file) else None
+            if found != expected and shape[0]:  # truncated, extended or missing: not this store
+                raise ValueError(
+                    f"{file} holds {found if found is not None else 'no'} bytes, not {expected}"
+                )
             arrays[name] = (
                 np.memmap(file, dtype=dtype, mode="r", shape=shape)
                 if shape[0]
@@ -312,6 +320,15 @@ def open_or_build(
     root = os.fspath(root)
     name = fingerprint(data_source, vocabulary, max_length)
     path = os.path.join(root, name)
+    if os.path.exists(os.path.join(path, "meta.json")):
+        try:
+            TokenStore.open(path)
+        except ValueError as error:  # damaged (a disk that filled up, a file cut short): rebuild
+            aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            os.replace(path, aside)
+            if log:
+                log(f"warning: token store {path} cannot be read ({error}); moved it to {aside}"
+                    " and building it again")  # fmt: skip
     if not os.path.exists(os.path.join(path, "meta.json")):
         start = time.perf_counter()
         os.makedirs(root, exist_ok=True)

@@ -131,6 +131,32 @@ def test_a_leftover_temporary_directory_is_ignored(tmp_path) -> None:
     assert store.sources[0].tolist() == [*vocabulary.encode(pairs[0]["source"]), EOS]
 
 
+@pytest.mark.parametrize("damage", ["truncated tokens", "emptied meta.json"])
+def test_a_damaged_store_is_moved_aside_and_built_again(tmp_path, damage) -> None:
+    pairs, vocabulary = _pairs(20), CharVocabulary()
+    built = token_store.open_or_build(
+        pairs, vocabulary, max_length=12, root=tmp_path, workers=1, log=None
+    )
+    expected = [built.sources[i].tolist() for i in range(len(built))]
+    if damage == "truncated tokens":
+        with open(os.path.join(built.path, "target_tokens.bin"), "r+b") as file:
+            file.truncate(8)
+    else:
+        with open(os.path.join(built.path, "meta.json"), "w"):
+            pass
+    with pytest.raises(ValueError):
+        token_store.TokenStore.open(built.path)
+    lines: list[str] = []
+    again = token_store.open_or_build(
+        pairs, vocabulary, max_length=12, root=tmp_path, workers=1, log=lines.append
+    )
+    assert [again.sources[i].tolist() for i in range(len(again))] == expected
+    assert lines[0].startswith(f"warning: token store {built.path} cannot be read (")
+    assert "moved it to" in lines[0] and lines[1].startswith("Token store built")
+    aside = [name for name in os.listdir(tmp_path) if ".unreadable-" in name]
+    assert len(aside) == 1  # kept for a look, not deleted
+
+
 def test_a_concurrent_builder_that_loses_the_race_uses_the_winners_store(
     tmp_path, monkeypatch
 ) -> None:
