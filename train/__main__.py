@@ -26,11 +26,10 @@ The config fields and their defaults are listed under --config below.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from train import cli
 from train.configs import default as default_config
 
 _DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(default_config.__file__), "default.py")
@@ -57,10 +56,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG_PATH, _config_help(), lock_config=True
-)
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG_PATH, _config_help(), lock_config=True)
 flags.mark_flag_as_required("workdir")
+flags.adopt_module_key_flags(cli)  # --debug in --help
 
 # Multi-process runs (train.distributed); unset: one process, or what the environment says.
 _COORDINATOR = flags.DEFINE_string(
@@ -86,18 +84,16 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from train import distributed
 
-    try:  # before anything touches the devices
-        distributed.initialize_from_flags(
-            _COORDINATOR.value,
-            _NUM_PROCESSES.value,
-            _PROCESS_ID.value,
-            initialization_timeout=_INIT_TIMEOUT.value,
-            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT.value,
-        )
-    except distributed.DistributedSetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    # Before anything touches the devices. A DistributedSetupError (a ValueError, one line) is
+    # reported by cli.run, here and at the barriers of training (a peer missing, ...).
+    distributed.initialize_from_flags(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        initialization_timeout=_INIT_TIMEOUT.value,
+        heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT.value,
+    )
     # Imported here so that --help answers without starting JAX.
     import tensorflow_datasets as tfds
 
@@ -107,13 +103,9 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
-    try:
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except distributed.DistributedSetupError as error:  # a peer missing at a barrier, ...
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 130 if result.interrupted else 0
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    return cli.STATUS_INTERRUPTED if result.interrupted else 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -31,6 +31,7 @@ LAYERS = [
     "setup",
     "loop",
     "inference_flags",
+    "cli",
     "convert_marian",
     "evaluate",
     "translate",

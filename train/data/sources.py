@@ -92,11 +92,14 @@ class Dataset:
     open_splits(config, split_names) -> {split name: data source}, preparing the data on first
     use. fixed_vocabulary() -> the dataset's own vocabulary, or None when the run trains a
     SentencePiece model on the training split.
+    input_problem(line) -> why a `python -m train.translate` input line (whitespace-normalised,
+    not empty) is outside the task, or None when it is fine; None: any text is.
     """
 
     name: str
     open_splits: Callable[[ml_collections.ConfigDict, list[str]], dict[str, DataSource]]
     fixed_vocabulary: Callable[[], Any] | None = None
+    input_problem: Callable[[str], str | None] | None = None
 
 
 def _number_words(config: ml_collections.ConfigDict, splits: list[str]) -> dict[str, DataSource]:
