@@ -12,7 +12,8 @@ reports greedy exact-match on the test split.
   --config.X=V  override any config field, e.g. --config.num_train_steps=300
                 --config.model.num_heads=8 --config.parallel=pmap
 
-Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes.
+Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes. An error is
+one line on stderr and status 1; --debug shows its traceback (train/cli.py has the rules).
 
 Multi-process (multi-host) runs: start the same command on every process with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
