@@ -14,7 +14,8 @@ reports greedy exact-match on the test split.
 
 Ctrl-C saves a checkpoint and exits (status 130); running the same command resumes. A run that
 diverges (a non-finite loss, or one far above its recent range: config.divergence_factor) stops
-without saving over its checkpoints and exits with status 3.
+without saving over its checkpoints and exits with status 3. An error is one line on stderr and
+status 1; --debug shows its traceback (train/cli.py has the rules).
 
 Multi-process (multi-host) runs: start the same command on every process with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
@@ -31,8 +32,8 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from train import cli
 from train.configs import default as default_config
 
 _DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(default_config.__file__), "default.py")
@@ -59,10 +60,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG_PATH, _config_help(), lock_config=True
-)
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG_PATH, _config_help(), lock_config=True)
 flags.mark_flag_as_required("workdir")
+flags.adopt_module_key_flags(cli)  # --debug in --help
 
 # Multi-process runs (train.distributed); unset: one process, or what the environment says.
 _COORDINATOR = flags.DEFINE_string(
@@ -88,18 +88,16 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from train import distributed
 
-    try:  # before anything touches the devices
-        distributed.initialize_from_flags(
-            _COORDINATOR.value,
-            _NUM_PROCESSES.value,
-            _PROCESS_ID.value,
-            initialization_timeout=_INIT_TIMEOUT.value,
-            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT.value,
-        )
-    except distributed.DistributedSetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    # Before anything touches the devices. A DistributedSetupError (a ValueError, one line) is
+    # reported by cli.run, here and at the barriers of training (a peer missing, ...).
+    distributed.initialize_from_flags(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        initialization_timeout=_INIT_TIMEOUT.value,
+        heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT.value,
+    )
     # Imported here so that --help answers without starting JAX.
     import tensorflow_datasets as tfds
 
@@ -109,17 +107,13 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
-    try:
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except distributed.DistributedSetupError as error:  # a peer missing at a barrier, ...
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if result.diverged:
         print(f"error: {result.diverged.message()}", file=sys.stderr)
         print(f"hint: {result.diverged.hint()}", file=sys.stderr)
         return result.diverged.EXIT_STATUS
-    return 130 if result.interrupted else 0
+    return cli.STATUS_INTERRUPTED if result.interrupted else 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from train import cli
 
 _CONFIG_PATH = os.path.join(os.path.dirname(__file__), "configs", "multi30k.py")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A MarianMTModel directory.")
@@ -35,7 +35,7 @@ _HUB = flags.DEFINE_string(
     "hub", None, "A Hugging Face hub name, e.g. Helsinki-NLP/opus-mt-en-de (downloads it)."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir to create (must not hold a run).")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config",
     _CONFIG_PATH,
     "Training config stored with the model: its data is what `train.evaluate` scores "
@@ -44,6 +44,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=False,
 )
 flags.mark_flag_as_required("workdir")
+flags.adopt_module_key_flags(cli)  # --debug in --help
 
 # What --hub downloads: the model and its tokenizer, nothing else (no TF/Flax/Rust weights;
 # pytorch_model.bin only when the repository has no safetensors).
@@ -160,4 +161,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
 
-from train import inference_flags
+from train import cli, inference_flags
 
 _SPLIT = flags.DEFINE_string("split", "test", "validation or test (or the dataset's split name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hypotheses.")
 flags.adopt_module_key_flags(inference_flags)  # list them in --help
+flags.adopt_module_key_flags(cli)  # --debug
 
 
 def main(argv: list[str]) -> int:
@@ -108,4 +108,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

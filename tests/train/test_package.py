@@ -32,6 +32,7 @@ LAYERS = [
     "setup",
     "loop",
     "inference_flags",
+    "cli",
     "convert_marian",
     "evaluate",
     "translate",

@@ -92,8 +92,8 @@ class Dataset:
     open_splits(config, split_names) -> {split name: data source}, preparing the data on first
     use. fixed_vocabulary() -> the dataset's own vocabulary, or None when the run trains a
     SentencePiece model on the training split.
-    input_problem(line) -> None when a line given to `python -m train.translate` is a source the
-    dataset covers, else a short reason why not (None: any text is accepted).
+    input_problem(line) -> why a `python -m train.translate` input line (whitespace-normalised,
+    not empty) is outside the task, or None when it is fine; None: any text is.
     example_groups(source) -> the groups a source sentence belongs to (names of letters, digits
     and underscores, e.g. "digits_5"), for exact match per group (None: no groups).
     """
@@ -101,9 +101,7 @@ class Dataset:
     name: str
     open_splits: Callable[[ml_collections.ConfigDict, list[str]], dict[str, DataSource]]
     fixed_vocabulary: Callable[[], Any] | None = None
-    # why a translate input line is outside the task, or None
     input_problem: Callable[[str], str | None] | None = None
-    # groups of a source sentence for per-group exact match
     example_groups: Callable[[str], list[str]] | None = None
 
 
