@@ -33,6 +33,7 @@ one that reads (`newest_readable`); evaluation and translation skip it with a wa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -56,11 +57,19 @@ class UnreadableCheckpointError(ValueError):
 
 
 def _reason(error: BaseException) -> str:
-    """A one-line summary of why orbax / tensorstore / json could not read a checkpoint."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    """A one-line summary of why orbax / tensorstore / json could not read a checkpoint: the
+    first message in the exception's chain that names a status (TensorStore's "OUT_OF_RANGE:
+    ...", under orbax's generic wrapper), else the error's own."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    with_status = [e for e in chain if re.match(r"[A-Z_]{4,}: ", str(e).strip())]
+    chosen = with_status[0] if with_status else error
+    lines = [line.strip() for line in str(chosen).strip().splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = text if len(text) <= 240 else text[:237] + "..."
+    return f"{type(chosen).__name__}: {text}" if text else type(chosen).__name__
 
 
 def _is_resource_error(error: BaseException) -> bool:

@@ -210,9 +210,9 @@ _QUOTA_HINT = "your disk quota is used up: free some space (or use another disk)
 _READ_ONLY_HINT = "that file system is mounted read-only: choose a writable --workdir (or --output)"
 _PERMISSION_HINT = "check that path's permissions, or choose another --workdir (or --output)"
 _DAMAGED_HINT = (
-    "the checkpoint was cut short (a full disk, an interrupted copy?): move that step's "
-    "directory away to fall back to an earlier checkpoint (evaluate and translate also take "
-    "--step=N)"
+    "the checkpoint was cut short (a full disk, an interrupted copy?): training and the "
+    "latest-checkpoint default of evaluate and translate fall back to the newest readable one "
+    "by themselves; with --step or --average_last, choose other steps"
 )
 _DEVICE_MEMORY_HINT = (
     "use smaller batches (--config.batch_size or --config.batch_tokens, or more "
@@ -280,6 +280,8 @@ def io_failure(error: BaseException) -> IOFailure | None:
     for each in chain:
         text = str(each)
         if re.search(r"\b(DATA_LOSS|OUT_OF_RANGE):", text) and "OCDBT" in text:
+            if " cannot be read (" in str(error):  # train.checkpoints named the step already
+                return IOFailure(one_line(str(error)), None, None, _DAMAGED_HINT)
             path = _path_in(each)
             where = f" {path}" if path else ""
             return IOFailure(

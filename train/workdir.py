@@ -145,8 +145,10 @@ class Workdir:
 
     def read_config(self) -> tuple[ml_collections.ConfigDict, TransformerConfig]:
         """(training config, model config) of config.json."""
+        if os.path.isfile(self.path):
+            raise NotADirectoryError(f"{self.path} is a file, not a workdir of `python -m train`")
         if not os.path.isdir(self.path):
-            raise FileNotFoundError(f"{self.path} is not a directory: no run was written there")
+            raise FileNotFoundError(f"{self.path} does not exist: no run of `python -m train`")
         saved = self._saved()
         if not saved:
             raise FileNotFoundError(

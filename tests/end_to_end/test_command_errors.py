@@ -79,11 +79,12 @@ def test_bad_workdirs_are_one_line(tmp_path: Path) -> None:
     cases = [
         (
             ("train.evaluate", "--workdir=/nonexistent"),
-            "/nonexistent/config.json is missing: /nonexistent is not a workdir",
+            "/nonexistent does not exist: no run of `python -m train`",
         ),
         (("train.translate", f"--workdir={empty}"), f"{empty}/config.json is missing"),
-        (("train.translate", f"--workdir={a_file}"), f"{a_file}/config.json: Not a directory"),
-        (("train", f"--workdir={a_file}/run"), f"{a_file}/run/config.json: Not a directory"),
+        (("train.translate", f"--workdir={a_file}"), f"{a_file} is a file, not a workdir"),
+        (("train", f"--workdir={a_file}/run"), f"cannot write in the workdir {a_file}/run: Not a"),
+        (("train", f"--workdir={a_file}"), f"the workdir {a_file} is a file, not a directory"),
         (
             ("train.translate", f"--workdir={empty}", f"--input={tmp_path / 'missing.txt'}"),
             f"{tmp_path / 'missing.txt'}: No such file or directory",
