@@ -548,7 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with writer, run.checkpointer:
         step, interrupted, validation, diverged = train(run, writer)
         if diverged:
-            _log(f"Stopped: {diverged.message()}")
+            _log(f"Stopped at step {step}: training diverged ({diverged.reason})")
             return TrainResult(step, False, validation, {}, diverged)
         if interrupted:
             _log(

@@ -222,12 +222,17 @@ def resume_changes(
     """(accepted, refused): the training fields that differ between a checkpoint's training
     config `saved` and this run's, each as "field: saved -> now". Fields of RESUMABLE_CHANGES
     are accepted; the others are refused unless config.allow_training_changes. Fields the
-    checkpoint does not record (added to the project later) count as unchanged."""
+    checkpoint does not record (added to the project later) count as unchanged, and a relative
+    path it records (written before paths were stored absolute) is taken from here."""
     current = config.to_dict()
     current.pop("model", None)  # the model config is checked on its own (never changeable)
     accepted, refused = [], []
     for name in sorted(current):
-        if name not in saved or saved[name] == current[name]:
+        if name not in saved:
+            continue
+        if name in PATH_FIELDS and saved[name] and not os.path.isabs(saved[name]):
+            saved = {**saved, name: os.path.abspath(saved[name])}  # stored before paths were
+        if saved[name] == current[name]:
             continue
         line = f"{name}: {saved[name]!r} -> {current[name]!r}"
         if name in RESUMABLE_CHANGES or config.allow_training_changes:

@@ -142,6 +142,12 @@ def test_resume_refuses_changes_of_what_the_run_computes_and_accepts_the_rest() 
     config = default_config.get_config()
     config.divergence_factor = 5.0
     assert resume_changes(older, config) == ([], [])  # a field the checkpoint predates
+    config = default_config.get_config()
+    config.data_path = os.path.abspath("data")
+    assert resume_changes({**saved, "data_path": "data"}, config) == ([], [])  # as stored before
+    assert resume_changes({**saved, "data_path": "other"}, config)[1] == [
+        f"data_path: '{os.path.abspath('other')}' -> '{os.path.abspath('data')}'"
+    ]
 
 
 def test_every_resumable_field_exists() -> None:
