@@ -96,9 +96,8 @@ class Workdir:
                 pass
         except OSError as error:
             reason = error.strerror or str(error)
-            raise OSError(
-                error.errno, f"cannot write in the workdir {self.path}: {reason}"
-            ) from None
+            message = f"cannot write in the workdir ({reason})"
+            raise OSError(error.errno, message, self.path) from None
 
     # --- config.json ------------------------------------------------------------------------
     def holds_run(self) -> bool:

@@ -83,7 +83,10 @@ def test_bad_workdirs_are_one_line(tmp_path: Path) -> None:
         ),
         (("train.translate", f"--workdir={empty}"), f"{empty}/config.json is missing"),
         (("train.translate", f"--workdir={a_file}"), f"{a_file} is a file, not a workdir"),
-        (("train", f"--workdir={a_file}/run"), f"cannot write in the workdir {a_file}/run: Not a"),
+        (
+            ("train", f"--workdir={a_file}/run"),
+            f"{a_file}/run: cannot write in the workdir (Not a directory)",
+        ),
         (("train", f"--workdir={a_file}"), f"the workdir {a_file} is a file, not a directory"),
         (
             ("train.translate", f"--workdir={empty}", f"--input={tmp_path / 'missing.txt'}"),
