@@ -273,24 +273,33 @@ def agree(name: str, value: Any, *, timeout_s: float = DEFAULT_WAIT_S) -> None:
     if not is_multiprocess():
         return
     key = _unique(name)
-    client = _client()
     index, count = _ids()
     own = json.dumps(value, sort_keys=True)
-    client.key_value_set(f"{key}/{index}", own)
-    others = range(count) if index == 0 else [0]
-    for process in others:
-        try:
-            theirs = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000))
-        except Exception:
-            raise DistributedSetupError(
-                f"process {process} did not report its {name} within {timeout_s:.0f}s "
-                "(it is not running, or the processes disagree on --num_processes)"
-            ) from None
+    _client().key_value_set(f"{key}/{index}", own)
+    others = list(range(count)) if index == 0 else [0]
+    for process, value_there in zip(others, _read_each(key, others, name, timeout_s), strict=True):
+        theirs = json.dumps(value_there, sort_keys=True)
         if theirs != own:
             raise DistributedSetupError(
                 f"the processes disagree on the {name}: process {index} has "
                 f"{own}, process {process} has {theirs}"
             )
+
+
+def _read_each(key: str, processes: Any, name: str, timeout_s: float) -> list:
+    """The JSON values that `processes` published under `key`, in their order."""
+    client = _client()
+    values = []
+    for process in processes:
+        try:
+            raw = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000))
+        except Exception:
+            raise DistributedSetupError(
+                f"process {process} did not send its {name} within {timeout_s:.0f}s (it is not "
+                "running, or the processes disagree on --num_processes)"
+            ) from None
+        values.append(json.loads(raw))
+    return values
 
 
 def all_true(name: str, value: bool, *, timeout_s: float = DEFAULT_WAIT_S) -> bool:
@@ -299,19 +308,9 @@ def all_true(name: str, value: bool, *, timeout_s: float = DEFAULT_WAIT_S) -> bo
     if not is_multiprocess():
         return bool(value)
     key = _unique(name)
-    client = _client()
     index, count = _ids()
-    client.key_value_set(f"{key}/{index}", json.dumps(bool(value)))
-    answers = []
-    for process in range(count):
-        try:
-            raw = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000))
-        except Exception:
-            raise DistributedSetupError(
-                f"process {process} did not report its {name} within {timeout_s:.0f}s"
-            ) from None
-        answers.append(json.loads(raw))
-    return all(answers)
+    _client().key_value_set(f"{key}/{index}", json.dumps(bool(value)))
+    return all(_read_each(key, range(count), name, timeout_s))
 
 
 def gather_to_main(name: str, payload: Any, *, timeout_s: float = DEFAULT_WAIT_S) -> list | None:
@@ -323,21 +322,11 @@ def gather_to_main(name: str, payload: Any, *, timeout_s: float = DEFAULT_WAIT_S
     if not is_multiprocess():
         return [payload]
     key = _unique(name)
-    client = _client()
     index, count = _ids()
-    client.key_value_set(f"{key}/{index}", json.dumps(payload))
+    _client().key_value_set(f"{key}/{index}", json.dumps(payload))
     if not is_main_process():
         return None
-    gathered = []
-    for process in range(count):
-        try:
-            raw = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000))
-        except Exception:
-            raise DistributedSetupError(
-                f"process {process} did not send its {name} within {timeout_s:.0f}s"
-            ) from None
-        gathered.append(json.loads(raw))
-    return gathered
+    return _read_each(key, range(count), name, timeout_s)
 
 
 __all__ = [

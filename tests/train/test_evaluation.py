@@ -98,12 +98,17 @@ def test_translate_batches_decodes_each_real_row_with_the_library(model, rng, me
         assert outputs[index] == _Digits().decode(np.asarray(expected)[row])
 
 
-def test_evaluate_sums_loss_over_real_rows_and_scores_decoded_text(model, rng) -> None:
-    config, params = model
+def _placed(config, params):
+    """A single-device DataParallel and a train state holding `params`, placed on it."""
     parallel = ft.DataParallel("single", model_config=config)
     optimizer = ft.make_optimizer(ft.transformer_schedule(config.d_model, 10))
     state = parallel.put_state(ft.create_train_state(config, optimizer, jax.random.key(0)))
-    state = state.replace(params=params)
+    return parallel, state.replace(params=params)
+
+
+def test_evaluate_sums_loss_over_real_rows_and_scores_decoded_text(model, rng) -> None:
+    config, params = model
+    parallel, state = _placed(config, params)
     batch = _batch(rng)
     references = ["x"] * 8
     options = DecodingOptions(method="greedy", max_length=8)
@@ -161,10 +166,7 @@ def test_exact_match_by_group_refuses_bad_input() -> None:
 
 def test_evaluate_reports_exact_match_per_group_of_the_decoded_examples(model, rng) -> None:
     config, params = model
-    parallel = ft.DataParallel("single", model_config=config)
-    optimizer = ft.make_optimizer(ft.transformer_schedule(config.d_model, 10))
-    state = parallel.put_state(ft.create_train_state(config, optimizer, jax.random.key(0)))
-    state = state.replace(params=params)
+    parallel, state = _placed(config, params)
     batch = _batch(rng)  # decodes examples 7, 3 and 5
     options = DecodingOptions(method="greedy", max_length=8)
     outputs = translate_batches(config, params, [batch], _Digits(), options)
