@@ -73,13 +73,38 @@ class TokenEmbedding(nn.Module):
     def attend(self, hidden: Array) -> Array:
         """Logits = hidden @ embeddingᵀ, accumulated and returned in float32."""
         cfg = self.config
-        embedding = self.embedding.astype(cfg.compute_dtype)
-        return jnp.einsum(
-            "...d,vd->...v",
-            hidden.astype(cfg.compute_dtype),
-            embedding,
-            preferred_element_type=jnp.float32,
+        return tied_output_logits(
+            hidden.astype(cfg.compute_dtype), self.embedding.astype(cfg.compute_dtype)
         )
+
+
+@jax.custom_vjp
+def tied_output_logits(hidden: Array, embedding: Array) -> Array:
+    """hidden [..., d_model] @ embedding [vocab, d_model]ᵀ -> float32 logits [..., vocab].
+
+    The gradient is autodiff's, written out: d hidden = d_logits @ embedding and
+    d embedding = (hiddenᵀ @ d_logits)ᵀ. Spelled this way, XLA:CPU contracts the [tokens, vocab]
+    logits gradient where it lies instead of first writing it transposed, which is the largest
+    copy of a training step (the vocabulary is the widest axis in the model).
+    """
+    return jnp.einsum("...d,vd->...v", hidden, embedding, preferred_element_type=jnp.float32)
+
+
+def _tied_output_logits_forward(hidden: Array, embedding: Array) -> tuple[Array, tuple]:
+    return tied_output_logits(hidden, embedding), (hidden, embedding)
+
+
+def _tied_output_logits_backward(residuals: tuple, d_logits: Array) -> tuple[Array, Array]:
+    hidden, embedding = residuals
+    d_logits = d_logits.astype(hidden.dtype)
+    d_hidden = jnp.einsum("...v,vd->...d", d_logits, embedding, preferred_element_type=jnp.float32)
+    tokens_hidden = hidden.reshape(-1, hidden.shape[-1])
+    tokens_d_logits = d_logits.reshape(-1, d_logits.shape[-1])
+    d_embedding = jnp.dot(tokens_hidden.T, tokens_d_logits, preferred_element_type=jnp.float32).T
+    return d_hidden.astype(hidden.dtype), d_embedding.astype(embedding.dtype)
+
+
+tied_output_logits.defvjp(_tied_output_logits_forward, _tied_output_logits_backward)
 
 
 class PositionEmbedding(nn.Module):

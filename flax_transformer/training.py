@@ -62,6 +62,61 @@ _SUM_KEYS = ("loss_sum", "nll_sum", "correct", "tokens")
 # ---------------------------------------------------------------------------------------------
 # Loss (paper section 5.4: label smoothing of value 0.1)
 # ---------------------------------------------------------------------------------------------
+@jax.custom_vjp
+def token_cross_entropies(
+    logits: Array, targets: Array, label_smoothing: Array | float
+) -> tuple[Array, Array]:
+    """Per-token (smoothed cross-entropy, negative log-likelihood): logits [t, vocab] float32,
+    targets [t] int -> two float32 [t].
+
+    With lse = log sum_v exp(logits_v), the log-probabilities are logits - lse, so
+
+        nll      = lse - logits[target]
+        smoothed = (1 - epsilon) * nll + epsilon * (lse - mean_v logits_v)
+
+    (the second term is the cross-entropy against the uniform distribution). Neither the
+    log-probabilities nor a one-hot target are materialised, and the gradient is written by hand
+    as one elementwise pass over the logits, softmax - target distribution, instead of the
+    scatter that autodiff of the target lookup would give: the full-vocabulary loss is the
+    largest elementwise computation of a training step.
+    """
+    return _token_cross_entropies_forward(logits, targets, label_smoothing)[0]
+
+
+def _token_cross_entropies_forward(
+    logits: Array, targets: Array, label_smoothing: Array | float
+) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+    label_smoothing = jnp.asarray(label_smoothing, jnp.float32)
+    largest = jnp.max(logits, axis=-1, keepdims=True)
+    lse = (largest + jnp.log(jnp.sum(jnp.exp(logits - largest), axis=-1, keepdims=True)))[:, 0]
+    target_logits = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    nll = lse - target_logits
+    uniform_cross_entropy = lse - jnp.mean(logits, axis=-1)
+    smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform_cross_entropy
+    return (smoothed, nll), (logits, targets, label_smoothing, lse, uniform_cross_entropy - nll)
+
+
+def _token_cross_entropies_backward(
+    residuals: tuple[Array, ...], cotangents: tuple[Array, Array]
+) -> tuple[Array, None, Array]:
+    logits, targets, label_smoothing, lse, uniform_minus_nll = residuals
+    d_label_smoothing = jnp.sum(cotangents[0] * uniform_minus_nll)
+    d_smoothed, d_nll = (c[:, None] for c in cotangents)
+    # d nll / d logits = softmax - one_hot(target); d (lse - mean) / d logits = softmax - 1/vocab.
+    probs = jnp.exp(logits - lse[:, None])
+    is_target = jnp.arange(logits.shape[-1]) == targets[:, None]
+    target_weight = (1.0 - label_smoothing) * d_smoothed + d_nll
+    d_logits = (
+        (d_smoothed + d_nll) * probs
+        - jnp.where(is_target, target_weight, 0.0)
+        - (label_smoothing / logits.shape[-1]) * d_smoothed
+    )
+    return d_logits, None, d_label_smoothing
+
+
+token_cross_entropies.defvjp(_token_cross_entropies_forward, _token_cross_entropies_backward)
+
+
 def example_loss(
     logits: Array, targets: Array, weights: Array, label_smoothing: float = 0.1
 ) -> Metrics:
@@ -72,11 +127,8 @@ def example_loss(
     Returns the summed smoothed cross-entropy, the summed plain negative log-likelihood, the
     number of correctly predicted tokens (argmax) and the number of counted tokens.
     """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    target_log_probs = jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
-    nll = -target_log_probs
-    uniform_cross_entropy = -jnp.mean(log_probs, axis=-1)
-    smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform_cross_entropy
+    logits = logits.astype(jnp.float32)
+    smoothed, nll = token_cross_entropies(logits, targets, label_smoothing)
     weights = weights.astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return {

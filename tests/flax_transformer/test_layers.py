@@ -9,7 +9,13 @@ import pytest
 
 from flax_transformer import masks
 from flax_transformer.config import TransformerConfig
-from flax_transformer.layers import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention
+from flax_transformer.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    MultiHeadAttention,
+    tied_output_logits,
+)
 from tests.numpy_reference import (
     as64,
     decoder_layer,
@@ -166,4 +172,28 @@ def test_fused_path_in_bfloat16_matches_reference_path(rng):
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(
         np.float32(out), np.float32(reference.apply({"params": params}, x, x, mask)), atol=3e-2
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_output_logits_and_their_gradients_match_numpy(rng, dtype):
+    """logits = h Eᵀ; for the objective sum(c * logits): d h = c E and d E = cᵀ h (float64)."""
+    hidden = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    embedding = rng.standard_normal((11, 8)).astype(np.float32)
+    cotangent = rng.standard_normal((2, 3, 11)).astype(np.float32)
+
+    def objective(h, e):
+        logits = tied_output_logits(h.astype(dtype), e.astype(dtype))
+        assert logits.dtype == jnp.float32
+        return jnp.sum(cotangent * logits)
+
+    logits = tied_output_logits(jnp.asarray(hidden, dtype), jnp.asarray(embedding, dtype))
+    d_hidden, d_embedding = jax.jit(jax.grad(objective, argnums=(0, 1)))(hidden, embedding)
+    h, e, c = (x.astype(np.float64) for x in (hidden, embedding, cotangent))
+    tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+    np.testing.assert_allclose(logits, h @ e.T, rtol=tolerance, atol=tolerance * 4)
+    np.testing.assert_allclose(d_hidden, c @ e, rtol=tolerance, atol=tolerance * 4)
+    expected_d_embedding = np.einsum("btv,btd->vd", c, h)
+    np.testing.assert_allclose(
+        d_embedding, expected_d_embedding, rtol=tolerance, atol=tolerance * 8
     )

@@ -252,6 +252,36 @@ def test_batch_loss_sums_match_numpy(seed, shape, label_smoothing, logit_scale):
         np.testing.assert_allclose(got["loss_sum"], got["nll_sum"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 1.0])
+def test_loss_gradients_match_numpy(rng, label_smoothing):
+    """The hand-written gradient: d/d logits of (a * loss_sum + b * nll_sum) is, per token,
+    w * (a (p - q) + b (p - onehot)) with q the smoothed targets, and d loss_sum / d epsilon
+    is sum_t w (uniform cross-entropy - nll): all in float64 from the definitions."""
+    logits = (4.0 * rng.standard_normal((3, 5, 11))).astype(np.float32)
+    targets = rng.integers(0, 11, size=(3, 5)).astype(np.int32)
+    weights = (rng.random((3, 5)) < 0.7).astype(np.float32)
+    a, b = 0.75, -0.5  # a combination of both outputs: each one's cotangent is exercised
+
+    def objective(logits, epsilon):
+        sums = batch_loss_sums(logits, targets, weights, epsilon)
+        return a * sums["loss_sum"] + b * sums["nll_sum"]
+
+    d_logits, d_epsilon = jax.jit(jax.grad(objective, argnums=(0, 1)))(
+        logits, jnp.float32(label_smoothing)
+    )
+    x = logits.astype(np.float64)
+    probs = np.exp(x - x.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    one_hot = np.eye(11)[targets]
+    smoothed_targets = (1.0 - label_smoothing) * one_hot + label_smoothing / 11
+    w = weights[..., None].astype(np.float64)
+    expected = w * (a * (probs - smoothed_targets) + b * (probs - one_hot))
+    np.testing.assert_allclose(d_logits, expected, rtol=1e-5, atol=1e-6)
+    log_probs = np.log(probs)
+    uniform_minus_nll = -log_probs.mean(-1) + (one_hot * log_probs).sum(-1)
+    np.testing.assert_allclose(d_epsilon, a * (weights * uniform_minus_nll).sum(), rtol=1e-5)
+
+
 def test_a_fully_padded_batch_has_zero_sums_and_summarizes_without_dividing_by_zero(rng):
     logits = rng.standard_normal((2, 3, 5)).astype(np.float32)
     sums = batch_loss_sums(logits, np.zeros((2, 3), np.int32), np.zeros((2, 3)))
