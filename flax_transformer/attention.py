@@ -4,10 +4,12 @@
 
 `scaled_dot_product_attention` is written for one head of one example and lifted over any
 leading (batch, head, ...) dimensions with `jax.vmap`. It is the readable reference path.
-`fused_dot_product_attention` is the fast path: `jax.nn.dot_product_attention`, with its default
-implementation (None), which JAX lowers with XLA, also on GPU (no cuDNN call). cuDNN flash
-attention needs `implementation="cudnn"` and its shape and dtype rules; not used yet. Both paths
-mask the same way and agree numerically.
+`fused_dot_product_attention` is the fast path: `jax.nn.dot_product_attention` with one of two
+implementations, chosen at trace time by `fused_attention_implementation` from the platform, the
+dtype and the shapes (static facts, so no host synchronisation): "cudnn" (cuDNN flash attention,
+on a CUDA GPU for bfloat16/float16 inputs that meet cuDNN's shape rules) or "xla" (XLA's
+lowering; everything else, CPU and TPU included). Both paths mask the same way and agree
+numerically.
 
 Masks are boolean with True = "may attend" (see `flax_transformer.masks`). Masked logits are set
 to a large finite negative rather than -inf, and weights of masked keys are then set to exactly
@@ -17,9 +19,13 @@ zero, so a query row with nothing to attend to gets all-zero weights and a zero 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
+import jax.extend.backend
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -145,25 +151,165 @@ def scaled_dot_product_attention(
     return lifted(query, key, value, mask, keep)
 
 
+# ---------------------------------------------------------------------------------------------
+# The fused path
+# ---------------------------------------------------------------------------------------------
+FUSED_IMPLEMENTATIONS = ("cudnn", "xla")
+# What jax.nn.dot_product_attention(implementation="cudnn") accepts besides fp8 (which it only
+# takes through another API). Query, key and value must share the dtype in every implementation.
+CUDNN_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)  # cuDNN's fused attention (SDPA) needs Ampere or later
+HOPPER = (9, 0)  # head dims up to 256 from here on, up to 128 before (JAX's rule)
+
+
+def fused_attention_implementation(
+    platform: str,
+    dtype: Any,
+    query_shape: Sequence[int],
+    key_shape: Sequence[int],
+    mask_shape: Sequence[int] | None = None,
+    *,
+    compute_capability: tuple[int, int] | None = None,
+) -> str:
+    """Which kernel `fused_dot_product_attention` runs: "cudnn" or "xla". Pure; static facts only.
+
+    The rules of `jax.nn.dot_product_attention(..., implementation="cudnn")` (jax 0.10:
+    `check_layout` and `check_is_flash_attention` in jax/_src/cudnn/fused_attention_stablehlo.py),
+    for the call that `fused_dot_product_attention` makes: query [batch, q_len, heads, d_k], key
+    and value [batch, k_len, key_heads, d_k] (jax.nn requires value's shape and dtype to equal
+    key's), and a boolean mask, which JAX turns into an additive bias of the query's dtype. It is
+    "cudnn" when all of these hold, else "xla":
+
+    - `platform` is "cuda" and `compute_capability` is at least 8.0 (Ampere).
+    - `dtype` (of query, key and value) is bfloat16 or float16.
+    - query and key have rank 4, the same batch and head dim, and heads a multiple of key_heads.
+    - the head dim d_k is a multiple of 8 and at most 128, or 256 from compute capability 9.0
+      (Hopper) on.
+    - with a mask: q_len and k_len are even. The bias that a mask becomes must be shaped
+      [batch|1, heads|1, q_len, k_len] (the caller broadcasts it), and cuDNN's backward pass
+      with a bias needs even lengths; a trace cannot tell whether a backward pass will follow,
+      so the rule asks for it always (incremental decoding, q_len 1, therefore runs on XLA).
+
+    Args:
+      platform: "cpu", "tpu", "cuda" (an NVIDIA GPU) or "rocm" (an AMD GPU), as
+        `default_platform` names the default backend.
+      dtype: the dtype of query, key and value.
+      query_shape, key_shape: as above.
+      mask_shape: the boolean mask's shape (broadcastable to [batch, heads, q_len, k_len]), or
+        None for no mask.
+      compute_capability: (major, minor) of the CUDA GPU; None = unknown, which gives "xla".
+    """
+    if platform != "cuda" or compute_capability is None:
+        return "xla"
+    if tuple(compute_capability) < CUDNN_MIN_COMPUTE_CAPABILITY:
+        return "xla"
+    if np.dtype(dtype) not in CUDNN_DTYPES:
+        return "xla"
+    if len(query_shape) != 4 or len(key_shape) != 4:
+        return "xla"
+    batch, q_len, heads, head_dim = query_shape
+    key_batch, k_len, key_heads, key_head_dim = key_shape
+    if batch != key_batch or head_dim != key_head_dim or heads % key_heads != 0:
+        return "xla"
+    max_head_dim = 256 if tuple(compute_capability) >= HOPPER else 128
+    if head_dim % 8 != 0 or head_dim > max_head_dim:
+        return "xla"
+    if mask_shape is not None and (q_len % 2 != 0 or k_len % 2 != 0):
+        return "xla"
+    return "cudnn"
+
+
+def default_platform() -> tuple[str, tuple[int, int] | None]:
+    """(platform, compute capability) of the default backend, in the terms of
+    `fused_attention_implementation`: ("cuda", (9, 0)) on an H100, ("cpu", None), ("tpu", None),
+    ("rocm", None). Reads the device list only (no computation, no host synchronisation).
+    """
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return device.platform, None
+    # JAX itself tells CUDA from ROCm by the backend's platform version ("... cuda 12080").
+    if "cuda" not in jax.extend.backend.get_backend().platform_version.lower():
+        return "rocm", None
+    major, minor = device.compute_capability.split(".")[:2]
+    return "cuda", (int(major), int(minor))
+
+
 def fused_dot_product_attention(
-    query: Array, key: Array, value: Array, mask: Array | None = None
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None = None,
+    *,
+    implementation: str | None = None,
 ) -> Array:
-    """The fast path: `jax.nn.dot_product_attention` (XLA's lowering; see the module docstring).
+    """The fast path: `jax.nn.dot_product_attention` with cuDNN flash attention or XLA.
 
     Takes the multi-head layout that the fused kernels use: query [batch, q_len, heads, d_k],
     key and value [batch, k_len, heads, d_k], mask broadcastable to [batch, heads, q_len, k_len].
     Returns [batch, q_len, heads, d_k]. No dropout and no weights: use the reference path for
     those. Fully masked query rows give zeros, as in the reference path.
+
+    `implementation`: "cudnn", "xla", or None (default) for `fused_attention_implementation` on
+    the default backend (`default_platform`), decided when the function is traced.
+
+    On cuDNN the mask goes in as a boolean mask, which JAX turns into a bias, broadcast to
+    [batch|1, heads|1, q_len, k_len] (cuDNN takes no bias broadcast over the lengths). cuDNN
+    has faster forms, `is_causal=True` (it skips the masked half of the work) and
+    `key_value_seq_lengths` (right padding as lengths, no bias to read), but a boolean array
+    does not say at trace time that it is causal or right-padded (a pad id inside a sentence
+    would break the lengths form), and masks are built in `flax_transformer.masks`, not here.
+    The bias form is exact for every mask, packed (segment) masks included, and at the paper's
+    sentence lengths its cost is small next to the projections. The kernel never sees a row
+    without a key: such rows attend to every key and are zeroed after, on either kernel.
     """
+    query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    for name, array in (("query", query), ("key", key), ("value", value)):
+        if array.ndim != 4:
+            raise ValueError(
+                f"{name} must have shape [batch, length, heads, depth], got {array.shape}"
+            )
+    batch, q_len, heads, _ = query.shape
+    k_len = key.shape[1]
+    row_has_key = None
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.dtype != jnp.bool_:
             raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+        target = (batch, heads, q_len, k_len)
+        try:
+            broadcast = jnp.broadcast_shapes(mask.shape, target)
+        except ValueError:
+            broadcast = None
+        if broadcast != target:
+            raise ValueError(
+                f"mask of shape {mask.shape} does not broadcast to [batch, heads, q_len, k_len] "
+                f"= {target}"
+            )
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    output = jax.nn.dot_product_attention(query, key, value, mask=mask)
-    if mask is not None:
-        # The fused kernels spread a fully masked row uniformly; the reference gives zeros.
-        row_has_key = jnp.any(mask, axis=-1)  # [batch|1, heads|1, q_len|1]
-        row_has_key = jnp.swapaxes(row_has_key, -1, -2)[..., None]  # [b, q, h, 1]
+        row_has_key = jnp.any(mask, axis=-1, keepdims=True)  # [batch|1, heads|1, q_len|1, 1]
+        mask = jnp.logical_or(mask, jnp.logical_not(row_has_key))
+    if implementation is None:
+        platform, capability = default_platform()
+        implementation = fused_attention_implementation(
+            platform,
+            query.dtype,
+            query.shape,
+            key.shape,
+            None if mask is None else mask.shape,
+            compute_capability=capability,
+        )
+    if implementation not in FUSED_IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {list(FUSED_IMPLEMENTATIONS)} or None, "
+            f"got {implementation!r}"
+        )
+    if implementation == "cudnn" and mask is not None:
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + (q_len, k_len))
+    output = jax.nn.dot_product_attention(
+        query, key, value, mask=mask, implementation=implementation
+    )
+    if row_has_key is not None:
+        # Rows that had no key attended to every key above; the reference gives them zeros.
+        row_has_key = jnp.swapaxes(row_has_key[..., 0], -1, -2)[..., None]  # [b|1, q|1, h|1, 1]
         output = jnp.where(row_has_key, output, jnp.zeros((), output.dtype))
     return output

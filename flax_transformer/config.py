@@ -81,6 +81,17 @@ class TransformerConfig:
     embeddings + positions before their cast; the output logits (accumulated in float32) and so
     the log-softmax, the loss and the metric sums. No loss scaling: bfloat16 has float32's
     exponent range (float16 does not, and may underflow small gradients).
+
+    `attention_implementation` "reference" (the default) is the readable pure function, which
+    also sows the attention weights (`apply.attention_weights` switches to it). "fused" is
+    the fastest kernel available, chosen when the model is traced: cuDNN flash attention on a
+    CUDA GPU (Ampere or later) where its rules allow, which asks for `dtype` "bfloat16" or
+    "float16", a head dim d_model / num_heads that is a multiple of 8 and at most 128 (256 on
+    Hopper), and even sequence lengths; else XLA's fused attention (CPU, TPU, float32, odd
+    lengths, incremental decoding). See `attention.fused_attention_implementation`. It records no
+    attention weights, and with attention dropout active (training with
+    `attention_dropout_rate` > 0) the reference path runs instead. Parameters are the same for
+    both, so a checkpoint loads under either.
     """
 
     vocab_size: int = 37000
@@ -111,8 +122,8 @@ class TransformerConfig:
     final_logits_bias: bool = False
     # Compute dtype; parameters are always float32, softmax and logits are float32 (see above).
     dtype: str = "float32"
-    # "reference": the readable pure function; "fused": jax.nn.dot_product_attention (XLA's fused
-    # attention; see attention.py). "fused" falls back to "reference" with attention dropout.
+    # "reference": the readable pure function; "fused": jax.nn.dot_product_attention, cuDNN flash
+    # attention where allowed, else XLA (see above). "fused" uses "reference" for attention dropout.
     attention_implementation: str = "reference"
     # Stack layers with nn.scan: compile time independent of depth; params get a leading layer axis.
     scan_layers: bool = False
