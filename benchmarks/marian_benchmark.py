@@ -1,38 +1,52 @@
-"""MarianMT decoding, ours against Hugging Face: sentences/s and peak memory. Prints a table.
+"""MarianMT decoding, ours against CTranslate2 and Hugging Face: sentences/s and peak memory.
 
-    pip install -e '.[reference]'       # torch (CPU build) and transformers, for the reference
+    pip install -e '.[reference,benchmarks]'   # torch (CPU build) and transformers; ctranslate2
     python benchmarks/marian_benchmark.py
-    python benchmarks/marian_benchmark.py --sentences 256 --methods greedy beam4 --batch 32
+    python benchmarks/marian_benchmark.py --implementations ours ctranslate2 --methods beam4
 
 One random-weight model of opus-mt-en-de's size (d_model 512, 6+6 layers, 8 heads, d_ff 2048,
 vocabulary 58,101, SiLU, scaled embeddings), made with transformers' MarianMTModel, saved,
-and converted with `flax_transformer.interop.marian.load_marian`: both sides compute with the same
-weights. Sources: the first `--sentences` English sentences of Multi30k test2016 (--data),
-tokenized with a Marian-style tokenizer trained on Multi30k train (7,000 pieces per language;
-opus-mt's own tokenizer is not available offline), with eos appended, sorted by length and cut
-into batches of `--batch`. So that both run the same number of steps, eos is unreachable (its
-embedding row, which the tied output projection also uses, is zero) and every output runs to
-`--max-new` tokens: this measures decoding speed, not translation.
+and converted with `flax_transformer.interop.marian.load_marian` and with CTranslate2's
+`TransformersConverter` (float32): every implementation computes with the same weights.
+Sources: the first `--sentences` (greedy, default 256) or `--beam-sentences` (beam4, default
+128) English sentences of Multi30k test2016 (--data), tokenized with a Marian-style tokenizer
+trained on Multi30k train (7,000 pieces per language; opus-mt's own tokenizer is not available
+offline), with eos appended, sorted by length and cut into batches of `--batch` (default 64).
+So that all run the same number of steps, eos is unreachable (its embedding row, which the tied
+output projection also uses, is zero): this measures decoding speed, not translation. Ours
+stops each row at min(--max-new, source length + 50) (the paper's rule, see
+`flax_transformer.decoding`), so a batch runs to its longest row's limit; the others are told
+to generate exactly that many tokens per batch (min = max length), the same work. Under the
+tables: the fraction of output positions where each implementation's tokens equal ours, and,
+since random weights give outputs that repeat a few tokens, the largest difference between our
+and CTranslate2's log-probabilities of varied targets: both show they compute the same model.
 
-Each (implementation, method) runs in its own process: its peak resident memory (ru_maxrss,
+Each (implementation, method) runs in its own process: its peak resident memory (VmHWM,
 framework and weights included) is that row's. Ours: `ft.greedy_decode` / `ft.beam_search`
 (jitted, key/value cache; sources padded to a few bucket lengths, compiled before timing: the
-compile column). Hugging Face: `model.generate(num_beams=1 or 4, do_sample=False)` under
-`torch.inference_mode()`, sources padded per batch. Both use every core of the machine, or the
-GPU where there is one (then the last column is each framework's own peak GPU allocation).
-Asserts nothing.
+compile column). CTranslate2: `Translator.translate_batch(beam_size=1 or 4)` on the token
+strings of the converted vocabulary (id i is its i-th token), with `CT2_USE_MKL=1` unless the
+environment sets it: unset, CTranslate2 uses Intel MKL, its fast path, only on Intel CPUs (so
+the setting matters on AMD CPUs and is harmless elsewhere). Hugging Face:
+`model.generate(num_beams=1 or 4, do_sample=False)` under `torch.inference_mode()`, sources
+padded per batch. All use every core this process may run on (`taskset` narrows them), or the
+GPU where there is one (then the last column is each framework's own peak GPU allocation;
+CTranslate2 reports none). Without ctranslate2 installed, its rows say so. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +71,17 @@ OPUS_MT_EN_DE = dict(
     forced_eos_token_id=0,
 )
 BUCKETS = (16, 32, 64, 128)
+EXTRA_OUTPUT_LENGTH = 50  # the paper's source length + 50 (flax_transformer.checks)
+IMPLEMENTATIONS = ("ours", "ctranslate2", "hugging_face")
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def import_ctranslate2():
+    """ctranslate2, with CT2_USE_MKL=1 unless the environment sets it (read at import)."""
+    os.environ.setdefault("CT2_USE_MKL", "1")
+    import ctranslate2
+
+    return ctranslate2
 
 
 def make_model(directory: Path) -> None:
@@ -68,6 +93,9 @@ def make_model(directory: Path) -> None:
     model = MarianMTModel(MarianConfig(**OPUS_MT_EN_DE)).eval()
     with torch.no_grad():
         model.model.shared.weight[OPUS_MT_EN_DE["eos_token_id"]] = 0.0
+        # The decoder starts from the pad id; its row is zero in opus-mt, and CTranslate2
+        # starts from a zero embedding instead.
+        model.model.shared.weight[OPUS_MT_EN_DE["pad_token_id"]] = 0.0
     model.save_pretrained(directory)
 
 
@@ -81,9 +109,40 @@ def make_sources(data: Path, directory: Path, count: int) -> list[list[int]]:
     return [[*tokenizer.encode(line), tokenizer.eos_id] for line in test]
 
 
+def convert_for_ctranslate2(model_dir: Path, tokenizer_dir: Path, out_dir: Path) -> None:
+    """CTranslate2's float32 conversion of the model in `model_dir`, written to `out_dir`.
+
+    The converter takes the vocabulary from the model directory's tokenizer, so the tokenizer's
+    files go there first, its vocabulary filled with unused pieces up to the model's ids and
+    `<pad>` last, as in opus-mt (the converter drops that one). Checked: token i of the
+    converted vocabulary is id i.
+    """
+    ctranslate2 = import_ctranslate2()
+    pieces = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    vocabulary = sorted((piece for piece in pieces if piece != "<pad>"), key=pieces.get)
+    size = OPUS_MT_EN_DE["vocab_size"] - 1
+    vocabulary += [f"<unused{i}>" for i in range(size - len(vocabulary))]
+    vocab = {piece: i for i, piece in enumerate([*vocabulary, "<pad>"])}
+    for name in ("source.spm", "target.spm"):
+        shutil.copy(tokenizer_dir / name, model_dir / name)
+    (model_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    with warnings.catch_warnings():  # the Marian tokenizer recommends sacremoses: not used here
+        warnings.simplefilter("ignore")
+        converter = ctranslate2.converters.TransformersConverter(str(model_dir))
+        converter.convert(str(out_dir), quantization=None)
+    converted = json.loads((out_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    if converted != vocabulary:
+        sys.exit("CTranslate2's converted vocabulary is not the model's ids in order")
+
+
 def batches_of(sources: list[list[int]], batch: int) -> list[list[list[int]]]:
     ordered = sorted(sources, key=len)
     return [ordered[i : i + batch] for i in range(0, len(ordered), batch)]
+
+
+def decoding_steps(rows: list[list[int]], max_new: int) -> int:
+    """The steps ours runs on this batch: its longest row's limit, min(max_new, length + 50)."""
+    return min(max_new, max(map(len, rows)) + EXTRA_OUTPUT_LENGTH)
 
 
 def padded(rows: list[list[int]], length: int, pad_id: int) -> np.ndarray:
@@ -93,13 +152,13 @@ def padded(rows: list[list[int]], length: int, pad_id: int) -> np.ndarray:
     return array
 
 
-def run_ours(model_dir: str, sources: list[list[int]], method: str, args) -> dict:
+def run_ours(sources: list[list[int]], method: str, args) -> dict:
     import jax
 
     import flax_transformer as ft
     from flax_transformer.interop.marian import load_marian
 
-    checkpoint = load_marian(model_dir)
+    checkpoint = load_marian(args.model_dir)
     config, params = checkpoint.config, jax.device_put(checkpoint.params)
     common = dict(
         bos_id=checkpoint.decoder_start_id,
@@ -113,7 +172,7 @@ def run_ours(model_dir: str, sources: list[list[int]], method: str, args) -> dic
     def decode(source):
         if method == "greedy":
             return ft.greedy_decode(config, params, source, **common)
-        return ft.beam_search(config, params, source, beam_size=4, **common)[0]
+        return ft.beam_search(config, params, source, beam_size=4, **common)[0][:, 0]
 
     inputs = []
     for rows in batches_of(sources, args.batch):
@@ -124,63 +183,163 @@ def run_ours(model_dir: str, sources: list[list[int]], method: str, args) -> dic
         jax.block_until_ready(decode(np.full(shape, 5, np.int32)))
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    for source in inputs:
-        jax.block_until_ready(decode(source))
+    outputs = [jax.block_until_ready(decode(source)) for source in inputs]
     seconds = time.perf_counter() - start
     stats = device.memory_stats() if device.platform == "gpu" else None
     peak = stats["peak_bytes_in_use"] / 2**20 if stats else None
-    return {"seconds": seconds, "compile_s": compile_s, "gpu_peak_mib": peak}
+    # The pad id is never generated: it only fills a row after its limit.
+    tokens = [[t for t in row if t != config.pad_id] for out in outputs for row in out.tolist()]
+    return {"seconds": seconds, "compile_s": compile_s, "gpu_peak_mib": peak, "tokens": tokens}
 
 
-def run_hugging_face(model_dir: str, sources: list[list[int]], method: str, args) -> dict:
+def run_ctranslate2(sources: list[list[int]], method: str, args) -> dict:
+    ctranslate2 = import_ctranslate2()
+    vocabulary = json.loads((Path(args.ct2_dir) / "shared_vocabulary.json").read_text())
+    index = {token: i for i, token in enumerate(vocabulary)}
+    translator = ctranslate2.Translator(
+        args.ct2_dir,
+        device="cuda" if ctranslate2.get_cuda_device_count() else "cpu",
+        compute_type="float32",
+        intra_threads=CORES,
+        inter_threads=1,
+    )
+    batches = batches_of(sources, args.batch)
+    inputs = [[[vocabulary[i] for i in row] for row in rows] for rows in batches]
+    options = dict(beam_size=1 if method == "greedy" else 4, max_batch_size=args.batch)
+    options["return_scores"] = False
+    translator.translate_batch(inputs[0][:1], max_decoding_length=2, **options)  # warm-up
+    start = time.perf_counter()
+    outputs = []
+    for rows, strings in zip(batches, inputs, strict=True):
+        steps = decoding_steps(rows, args.max_new)
+        options.update(max_decoding_length=steps, min_decoding_length=steps)
+        outputs.extend(translator.translate_batch(strings, **options))
+    seconds = time.perf_counter() - start
+    tokens = [[index[token] for token in output.hypotheses[0]] for output in outputs]
+    return {"seconds": seconds, "compile_s": None, "gpu_peak_mib": None, "tokens": tokens}
+
+
+def run_hugging_face(sources: list[list[int]], method: str, args) -> dict:
     import torch
     from transformers import MarianMTModel
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(CORES)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = MarianMTModel.from_pretrained(model_dir).eval().to(device)
+    model = MarianMTModel.from_pretrained(args.model_dir).eval().to(device)
     pad = model.config.pad_token_id
+    outputs = []
     start = time.perf_counter()
     with torch.inference_mode():
         for rows in batches_of(sources, args.batch):
             source = torch.tensor(padded(rows, max(map(len, rows)), pad), dtype=torch.long)
             source = source.to(device)
-            model.generate(
+            steps = decoding_steps(rows, args.max_new)
+            output = model.generate(
                 input_ids=source,
                 attention_mask=(source != pad).long(),
                 num_beams=1 if method == "greedy" else 4,
                 do_sample=False,
-                max_new_tokens=args.max_new,
-                min_new_tokens=args.max_new,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                forced_eos_token_id=None,  # the config's forces eos as the last token
             )
+            outputs.append(output[:, 1:])  # without the decoder start token
         if device == "cuda":
             torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return {"seconds": seconds, "compile_s": 0.0, "gpu_peak_mib": peak}
+    tokens = [row for output in outputs for row in output.tolist()]
+    return {"seconds": seconds, "compile_s": None, "gpu_peak_mib": peak, "tokens": tokens}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM where there is /proc. Not Linux's ru_maxrss,
+    which a process started by `subprocess` (vfork and exec) inherits from its parent."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def worker(args) -> None:
     """One (implementation, method) in this process; prints a JSON line."""
-    sources = json.loads(Path(args.sources_file).read_text())
-    run = run_ours if args.implementation == "ours" else run_hugging_face
-    result = run(args.model_dir, sources, args.method, args)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sources = json.loads(Path(args.sources_file).read_text())[: args.sentences]
+    run = {"ours": run_ours, "ctranslate2": run_ctranslate2, "hugging_face": run_hugging_face}
+    result = run[args.implementation](sources, args.method, args)
+    result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> str:
+    """How many of our output positions hold the same token in theirs (rows in one order)."""
+    same = 0
+    for our_row, their_row in zip(ours, theirs, strict=True):
+        same += sum(a == b for a, b in zip(our_row, their_row, strict=False))
+    total, their_total = sum(map(len, ours)), sum(map(len, theirs))
+    distinct = len({token for row in ours for token in row})
+    return (
+        f"{same / total:.1%} of our {total:,} output tokens identical "
+        f"(theirs: {their_total:,} tokens; ours has {distinct:,} distinct)"
+    )
+
+
+def log_prob_difference(model_dir: Path, ct2_dir: Path, sources: list[list[int]]) -> str:
+    """The largest difference between our and CTranslate2's teacher-forced log-probabilities
+    of the tokens of a few targets (each source's next sentence, eos included): random weights
+    give greedy outputs that repeat a few tokens, these are varied ones."""
+    import flax_transformer as ft
+    from flax_transformer.interop.marian import load_marian
+
+    pairs = list(zip(sources[:8], sources[1:9], strict=False))
+    checkpoint = load_marian(model_dir)
+    config, pad = checkpoint.config, checkpoint.config.pad_id
+    decoder_input = [[checkpoint.decoder_start_id, *target[:-1]] for _, target in pairs]
+    logits = ft.forward(
+        config,
+        checkpoint.params,
+        padded([source for source, _ in pairs], max(map(len, sources[:8])), pad),
+        padded(decoder_input, max(map(len, decoder_input)), pad),
+    )
+    logits = np.delete(np.asarray(logits, np.float64), pad, axis=-1)  # CT2 has no pad token
+    ours = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    vocabulary = json.loads((ct2_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    ctranslate2 = import_ctranslate2()
+    translator = ctranslate2.Translator(str(ct2_dir), compute_type="float32", intra_threads=CORES)
+    strings = [[[vocabulary[i] for i in row] for row in pair] for pair in pairs]
+    scored = translator.score_batch(
+        [source for source, _ in strings], [target[:-1] for _, target in strings]
+    )
+    differences = [
+        abs(ours[row, position, token] - log_prob)
+        for row, ((_, target), result) in enumerate(zip(pairs, scored, strict=True))
+        for position, (token, log_prob) in enumerate(zip(target, result.log_probs, strict=True))
+    ]
+    return (
+        f"largest |difference| of teacher-forced log-probabilities, ours and CT2: "
+        f"{max(differences):.1e} over {len(differences)} tokens"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--sentences", type=int, default=256, help="for greedy")
+    parser.add_argument("--beam-sentences", type=int, default=128, help="for beam4")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--max-new", type=int, default=64)
-    parser.add_argument("--methods", nargs="+", default=["greedy", "beam4"])
-    parser.add_argument("--implementations", nargs="+", default=["ours", "hugging_face"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=["greedy", "beam4"], default=["greedy", "beam4"]
+    )
+    parser.add_argument(
+        "--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS)
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
     parser.add_argument("--sources-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -188,25 +347,38 @@ def main() -> None:
         return
     if not (args.data / "test2016.en").exists():
         sys.exit(f"Multi30k not found at {args.data}: pass --data DIR (or set MULTI30K_DIR)")
+    if importlib.util.find_spec("transformers") is None:
+        sys.exit("the model is made with transformers: pip install -e '.[reference]'")
+    missing = {}  # transformers makes the model, so only CTranslate2 can be missing
+    if "ctranslate2" in args.implementations and importlib.util.find_spec("ctranslate2") is None:
+        missing["ctranslate2"] = "ctranslate2 not installed (pip install ctranslate2)"
+    counts = {"greedy": args.sentences, "beam4": args.beam_sentences}
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         make_model(scratch / "model")
-        sources = make_sources(args.data, scratch / "tokenizer", args.sentences)
+        count = max(counts[method] for method in args.methods)
+        sources = make_sources(args.data, scratch / "tokenizer", count)
         (scratch / "sources.json").write_text(json.dumps(sources))
+        if "ctranslate2" in args.implementations and "ctranslate2" not in missing:
+            convert_for_ctranslate2(scratch / "model", scratch / "tokenizer", scratch / "ct2")
         lengths = [len(s) for s in sources]
         print(
-            f"{len(sources)} Multi30k test2016 sources, {np.mean(lengths):.1f} tokens on average "
-            f"(max {max(lengths)}), batches of {args.batch}, {args.max_new} new tokens each; "
-            f"{os.cpu_count()} CPU cores\n"
+            f"Multi30k test2016 sources ({', '.join(f'{counts[m]} for {m}' for m in args.methods)})"
+            f", {np.mean(lengths):.1f} tokens on average (max {max(lengths)}), batches of "
+            f"{args.batch}, up to {args.max_new} new tokens each; CPU cores: {CORES}\n"
         )
         print(
             "| implementation | method | compile s | decode s | sentences/s | "
             "peak memory MiB (process) | peak GPU memory MiB |"
         )
         print("|---|---|---|---|---|---|---|")
+        results = {}
         for method in args.methods:
             for implementation in args.implementations:
+                if implementation in missing:
+                    print(f"| {implementation} | {method} | {missing[implementation]} |")
+                    continue
                 command = [
                     sys.executable,
                     __file__,
@@ -214,7 +386,9 @@ def main() -> None:
                     f"--implementation={implementation}",
                     f"--method={method}",
                     f"--model-dir={scratch / 'model'}",
+                    f"--ct2-dir={scratch / 'ct2'}",
                     f"--sources-file={scratch / 'sources.json'}",
+                    f"--sentences={counts[method]}",
                     f"--batch={args.batch}",
                     f"--max-new={args.max_new}",
                 ]
@@ -223,14 +397,38 @@ def main() -> None:
                     print(f"| {implementation} | {method} | failed: {output.stderr[-300:]!r} |")
                     continue
                 result = json.loads(output.stdout.strip().splitlines()[-1])
-                gpu = result["gpu_peak_mib"]
+                result["sentences_per_s"] = min(counts[method], len(sources)) / result["seconds"]
+                results[implementation, method] = result
+                compile_s, gpu = result["compile_s"], result["gpu_peak_mib"]
                 print(
-                    f"| {implementation} | {method} | {result['compile_s']:.1f} | "
-                    f"{result['seconds']:.1f} | {len(sources) / result['seconds']:.1f} | "
+                    f"| {implementation} | {method} | "
+                    f"{'-' if compile_s is None else format(compile_s, '.1f')} | "
+                    f"{result['seconds']:.1f} | {result['sentences_per_s']:.1f} | "
                     f"{result['peak_rss_mib']:,.0f} | "
                     f"{'-' if gpu is None else format(gpu, ',.0f')} |",
                     flush=True,
                 )
+        if ("ours", "greedy") in results and ("ctranslate2", "greedy") in results:
+            log_prob_check = log_prob_difference(scratch / "model", scratch / "ct2", sources)
+        else:
+            log_prob_check = None
+
+    both = [m for m in args.methods if ("ours", m) in results and ("ctranslate2", m) in results]
+    if both:
+        print("\n| method | ours / CT2 speed | ours / CT2 peak memory |\n|---|---|---|")
+        for method in both:
+            ours, ct2 = results["ours", method], results["ctranslate2", method]
+            print(
+                f"| {method} | {ours['sentences_per_s'] / ct2['sentences_per_s']:.2f}x | "
+                f"{ours['peak_rss_mib'] / ct2['peak_rss_mib']:.2f}x |"
+            )
+    print()
+    for (implementation, method), theirs in results.items():
+        if implementation != "ours" and ("ours", method) in results:
+            same = agreement(results["ours", method]["tokens"], theirs["tokens"])
+            print(f"{method}, {implementation} against ours: {same}")
+    if log_prob_check:
+        print(log_prob_check)
 
 
 if __name__ == "__main__":
