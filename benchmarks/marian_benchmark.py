@@ -1,6 +1,6 @@
 """MarianMT decoding, ours against CTranslate2 and Hugging Face: sentences/s and peak memory.
 
-    pip install -e '.[reference,benchmarks]'   # torch (CPU build) and transformers; ctranslate2
+    pip install -e '.[benchmarks]'   # torch (CPU build) and transformers; ctranslate2
     python benchmarks/marian_benchmark.py
     python benchmarks/marian_benchmark.py --implementations ours ctranslate2 --methods beam4
 
@@ -348,10 +348,10 @@ def main() -> None:
     if not (args.data / "test2016.en").exists():
         sys.exit(f"Multi30k not found at {args.data}: pass --data DIR (or set MULTI30K_DIR)")
     if importlib.util.find_spec("transformers") is None:
-        sys.exit("the model is made with transformers: pip install -e '.[reference]'")
+        sys.exit("the model is made with transformers: pip install -e '.[benchmarks]'")
     missing = {}  # transformers makes the model, so only CTranslate2 can be missing
     if "ctranslate2" in args.implementations and importlib.util.find_spec("ctranslate2") is None:
-        missing["ctranslate2"] = "ctranslate2 not installed (pip install ctranslate2)"
+        missing["ctranslate2"] = "ctranslate2 not installed (pip install -e '.[benchmarks]')"
     counts = {"greedy": args.sentences, "beam4": args.beam_sentences}
 
     with tempfile.TemporaryDirectory() as scratch:

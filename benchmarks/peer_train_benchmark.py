@@ -1,6 +1,6 @@
 """Training step, ours against eager PyTorch and the Flax WMT example's model. Prints a table.
 
-    pip install -e '.[reference]'                     # torch (CPU build), for the PyTorch rows
+    pip install -e '.[benchmarks]'                    # torch (CPU build), for the PyTorch rows
     git clone https://github.com/google/flax /tmp/flax  # the Flax WMT example, read at run time
     python benchmarks/peer_train_benchmark.py --flax-wmt /tmp/flax/examples/wmt/models.py
     python benchmarks/peer_train_benchmark.py --flax-repo /tmp/flax --sizes small --steps 10
@@ -80,7 +80,7 @@ SIZES = {  # preset, vocabulary, batch rows, tokens per source and per target
 WARMUP_STEPS = 2  # the first is the "first step" column
 PEER_LEARNING_RATE = 5e-4
 WMT_MODELS_PATH = "examples/wmt/models.py"
-TORCH_MISSING = "torch not installed (pip install -e '.[reference]')"
+TORCH_MISSING = "torch not installed (pip install -e '.[benchmarks]')"
 FLAX_WMT_MISSING = (
     "Flax WMT model not given: git clone https://github.com/google/flax DIR, then pass "
     "--flax-repo DIR (or --flax-wmt DIR/examples/wmt/models.py)"

@@ -65,9 +65,9 @@ _SUM_KEYS = ("loss_sum", "nll_sum", "correct", "tokens")
 @jax.custom_vjp
 def token_cross_entropies(
     logits: Array, targets: Array, label_smoothing: Array | float
-) -> tuple[Array, Array]:
-    """Per-token (smoothed cross-entropy, negative log-likelihood): logits [t, vocab] float32,
-    targets [t] int -> two float32 [t].
+) -> tuple[Array, Array, Array]:
+    """Per token: (smoothed cross-entropy, negative log-likelihood, whether the target's logit is
+    the largest): logits [t, vocab] float32, targets [t] int -> float32 [t], float32 [t], bool [t].
 
     With lse = log sum_v exp(logits_v), the log-probabilities are logits - lse, so
 
@@ -93,15 +93,19 @@ def _token_cross_entropies_forward(
     nll = lse - target_logits
     uniform_cross_entropy = lse - jnp.mean(logits, axis=-1)
     smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform_cross_entropy
-    return (smoothed, nll), (logits, targets, label_smoothing, lse, uniform_cross_entropy - nll)
+    # Accuracy from the max the softmax needs anyway: an argmax would be one more pass over the
+    # vocabulary, and one that XLA:CPU does not vectorise.
+    is_top = target_logits >= largest[:, 0]
+    residuals = (logits, targets, label_smoothing, lse, uniform_cross_entropy - nll)
+    return (smoothed, nll, is_top), residuals
 
 
 def _token_cross_entropies_backward(
-    residuals: tuple[Array, ...], cotangents: tuple[Array, Array]
+    residuals: tuple[Array, ...], cotangents: tuple[Array, Array, Array]
 ) -> tuple[Array, None, Array]:
     logits, targets, label_smoothing, lse, uniform_minus_nll = residuals
     d_label_smoothing = jnp.sum(cotangents[0] * uniform_minus_nll)
-    d_smoothed, d_nll = (c[:, None] for c in cotangents)
+    d_smoothed, d_nll = (c[:, None] for c in cotangents[:2])  # is_top has no gradient
     # d nll / d logits = softmax - one_hot(target); d (lse - mean) / d logits = softmax - 1/vocab.
     probs = jnp.exp(logits - lse[:, None])
     is_target = jnp.arange(logits.shape[-1]) == targets[:, None]
@@ -125,16 +129,16 @@ def example_loss(
     The smoothed target distribution is (1 - epsilon) * one_hot(target) + epsilon / vocab
     (uniform over the whole vocabulary, as in Szegedy et al. 2016, which the paper cites).
     Returns the summed smoothed cross-entropy, the summed plain negative log-likelihood, the
-    number of correctly predicted tokens (argmax) and the number of counted tokens.
+    number of correctly predicted tokens (those whose logit is the largest; tied largest logits
+    all count) and the number of counted tokens.
     """
     logits = logits.astype(jnp.float32)
-    smoothed, nll = token_cross_entropies(logits, targets, label_smoothing)
+    smoothed, nll, is_top = token_cross_entropies(logits, targets, label_smoothing)
     weights = weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return {
         "loss_sum": jnp.sum(smoothed * weights),
         "nll_sum": jnp.sum(nll * weights),
-        "correct": jnp.sum(correct * weights),
+        "correct": jnp.sum(is_top.astype(jnp.float32) * weights),
         "tokens": jnp.sum(weights),
     }
 

@@ -252,6 +252,15 @@ def test_batch_loss_sums_match_numpy(seed, shape, label_smoothing, logit_scale):
         np.testing.assert_allclose(got["loss_sum"], got["nll_sum"], rtol=1e-6)
 
 
+def test_a_target_tied_for_the_largest_logit_counts_as_correct():
+    # Logits (0, 5, -1, 5): ids 1 and 3 share the largest logit, so either target is correct.
+    logits = jnp.array([[0.0, 5.0, -1.0, 5.0]] * 4)
+    sums = jax.vmap(example_loss, in_axes=(0, 0, 0))(
+        logits[:, None], jnp.array([[1], [3], [0], [2]]), jnp.ones((4, 1))
+    )
+    np.testing.assert_array_equal(sums["correct"], [1.0, 1.0, 0.0, 0.0])
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 1.0])
 def test_loss_gradients_match_numpy(rng, label_smoothing):
     """The hand-written gradient: d/d logits of (a * loss_sum + b * nll_sum) is, per token,
