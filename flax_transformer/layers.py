@@ -23,7 +23,9 @@ values; both reuse the parameters of `DecoderLayer.__call__`.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,6 +39,69 @@ Array = jax.Array
 
 # Glorot/Xavier uniform for every projection, as in tensor2tensor and the Annotated Transformer.
 dense_init = nn.initializers.xavier_uniform()
+
+
+def projection_dot_general(
+    inputs: Array,
+    kernel: Array,
+    dimension_numbers: tuple,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> Array:
+    """The `dot_general` of every projection (`nn.Dense`, `nn.DenseGeneral`): `lax.dot_general`
+    with the same result and gradients, its backward pass written out.
+
+    A projection contracts the trailing k axes of `inputs` [..., *in] with the leading k axes of
+    `kernel` [*in, *out]; any other contraction goes to `lax.dot_general` unchanged. With
+    tokens = all leading axes of `inputs` flattened, the gradients are d inputs = d_out @ kernelᵀ
+    and d kernel = (d_outᵀ @ inputs)ᵀ. Spelled that way, XLA:CPU runs the kernel gradient as one
+    matrix product over [tokens, features] operands as they lie; autodiff's form of the same
+    product makes it first copy the activations transposed, once per projection and step.
+    """
+    (input_axes, kernel_axes), (input_batch, kernel_batch) = dimension_numbers
+    k = len(input_axes)
+    is_projection = (
+        not input_batch
+        and not kernel_batch
+        and tuple(input_axes) == tuple(range(inputs.ndim - k, inputs.ndim))
+        and tuple(kernel_axes) == tuple(range(k))
+    )
+    if not is_projection or precision is not None:
+        return jax.lax.dot_general(
+            inputs, kernel, dimension_numbers, precision, preferred_element_type
+        )
+    return _projection(inputs, kernel, k, preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _projection(inputs: Array, kernel: Array, k: int, preferred_element_type: Any) -> Array:
+    return jax.lax.dot_general(
+        inputs,
+        kernel,
+        ((tuple(range(inputs.ndim - k, inputs.ndim)), tuple(range(k))), ((), ())),
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def _projection_forward(inputs, kernel, k, preferred_element_type):
+    return _projection(inputs, kernel, k, preferred_element_type), (inputs, kernel)
+
+
+def _projection_backward(k, preferred_element_type, residuals, d_out):
+    inputs, kernel = residuals
+    fan_in, fan_out = math.prod(kernel.shape[:k]), math.prod(kernel.shape[k:])
+    tokens_inputs = inputs.reshape(-1, fan_in)
+    tokens_d_out = d_out.reshape(-1, fan_out).astype(inputs.dtype)
+    matrix = kernel.reshape(fan_in, fan_out)
+    d_inputs = jnp.dot(tokens_d_out, matrix.T, preferred_element_type=preferred_element_type)
+    d_kernel = jnp.dot(tokens_d_out.T, tokens_inputs, preferred_element_type=preferred_element_type)
+    return (
+        d_inputs.reshape(inputs.shape).astype(inputs.dtype),
+        d_kernel.T.reshape(kernel.shape).astype(kernel.dtype),
+    )
+
+
+_projection.defvjp(_projection_forward, _projection_backward)
 
 
 class TokenEmbedding(nn.Module):
@@ -158,6 +223,7 @@ class MultiHeadAttention(nn.Module):
                 features=(cfg.num_heads, cfg.head_dim),
                 dtype=cfg.compute_dtype,
                 kernel_init=dense_init,
+                dot_general=projection_dot_general,
             )
 
         self.query = per_head_projection()
@@ -165,7 +231,11 @@ class MultiHeadAttention(nn.Module):
         self.value = per_head_projection()
         # Concat(head_1, ..., head_h) W^O, as one contraction over (heads, d_k).
         self.output = nn.DenseGeneral(
-            features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, kernel_init=dense_init
+            features=cfg.d_model,
+            axis=(-2, -1),
+            dtype=cfg.compute_dtype,
+            kernel_init=dense_init,
+            dot_general=projection_dot_general,
         )
 
     def __call__(
@@ -217,7 +287,12 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         cfg = self.config
-        dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, kernel_init=dense_init)
+        dense = functools.partial(
+            nn.Dense,
+            dtype=cfg.compute_dtype,
+            kernel_init=dense_init,
+            dot_general=projection_dot_general,
+        )
         hidden = ACTIVATIONS[cfg.activation](dense(cfg.d_ff, name="hidden")(inputs))
         return dense(cfg.d_model, name="output")(hidden)
 

@@ -42,6 +42,7 @@ from flax_transformer.layers import (
     TokenEmbedding,
     dense_init,
     layer_norm,
+    projection_dot_general,
 )
 from flax_transformer.positional import sinusoidal_encoding_at
 
@@ -204,7 +205,7 @@ class Decoder(_Stack):
                 dtype=cfg.compute_dtype,
                 kernel_init=dense_init,
                 dot_general=functools.partial(
-                    jax.lax.dot_general, preferred_element_type=jnp.float32
+                    projection_dot_general, preferred_element_type=jnp.float32
                 ),
             )
         if cfg.final_logits_bias:

@@ -14,6 +14,7 @@ from flax_transformer.layers import (
     EncoderLayer,
     FeedForward,
     MultiHeadAttention,
+    projection_dot_general,
     tied_output_logits,
 )
 from tests.numpy_reference import (
@@ -196,4 +197,40 @@ def test_tied_output_logits_and_their_gradients_match_numpy(rng, dtype):
     expected_d_embedding = np.einsum("btv,btd->vd", c, h)
     np.testing.assert_allclose(
         d_embedding, expected_d_embedding, rtol=tolerance, atol=tolerance * 8
+    )
+
+
+@pytest.mark.parametrize(
+    "input_shape, kernel_shape, k",
+    [((2, 3, 5), (5, 4), 1), ((2, 3, 5), (5, 2, 3), 1), ((2, 3, 2, 3), (2, 3, 5), 2)],
+)
+def test_projection_dot_general_and_its_gradients_match_numpy(rng, input_shape, kernel_shape, k):
+    """Dense, per-head (DenseGeneral to [h, d_k]) and output (from [h, d_k]) projections:
+    y = x W over the trailing k axes; for sum(c * y), d x = c Wᵀ and d W = xᵀ c (float64)."""
+    x = rng.standard_normal(input_shape).astype(np.float32)
+    w = rng.standard_normal(kernel_shape).astype(np.float32)
+    n = len(input_shape)
+    dims = ((tuple(range(n - k, n)), tuple(range(k))), ((), ()))
+    y = projection_dot_general(x, w, dims)
+    x2, w2 = (
+        x.reshape(-1, w.size // np.prod(kernel_shape[k:])),
+        w.reshape(-1, np.prod(kernel_shape[k:])),
+    )
+    expected_y = (x2.astype(np.float64) @ w2).reshape(y.shape)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+    c = rng.standard_normal(y.shape).astype(np.float32)
+    d_x, d_w = jax.jit(
+        jax.grad(lambda x, w: jnp.sum(c * projection_dot_general(x, w, dims)), argnums=(0, 1))
+    )(x, w)
+    c2 = c.reshape(x2.shape[0], -1).astype(np.float64)
+    np.testing.assert_allclose(d_x, (c2 @ w2.T).reshape(x.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_w, (x2.T @ c2).reshape(w.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_projection_dot_general_passes_other_contractions_to_lax():
+    # A batched contraction (attention's q kᵀ) is not a projection: lax.dot_general's result.
+    q, key = jnp.arange(24.0).reshape(2, 3, 4), jnp.arange(40.0).reshape(2, 5, 4)
+    dims = (((2,), (2,)), ((0,), (0,)))
+    np.testing.assert_array_equal(
+        projection_dot_general(q, key, dims), np.einsum("bqd,bkd->bqk", q, key)
     )
