@@ -210,6 +210,35 @@ def test_beam_search_finds_the_sequence_greedy_search_misses(stop, alpha) -> Non
     np.testing.assert_allclose(scores[0], expected, rtol=1e-6)
 
 
+def test_beam_search_with_a_cache_that_reorders_itself() -> None:
+    """`reorder_cache`: the toy model's cache kept per sentence, [batch, beam, ...], and given
+    for every beam; the search must find the same sequences as with the row cache."""
+    beam = 2
+
+    def per_sentence_step(tokens, cache, step):
+        history, marker = cache
+        logits, (history, marker) = toy_step(
+            tokens, (history.reshape(-1, MAX_LENGTH), marker.reshape(-1)), step
+        )
+        return logits, (history.reshape(-1, beam, MAX_LENGTH), marker.reshape(-1, beam))
+
+    def reorder(cache, parents):
+        return jax.tree.map(lambda leaf: search._gather_beams(leaf, parents), cache)
+
+    history, marker = toy_cache(beam)
+    tokens, scores = search.beam_search(
+        per_sentence_step,
+        (history[None], marker[None]),
+        beam_size=beam,
+        length_limits=jnp.array([MAX_LENGTH]),
+        alpha=0.0,
+        reorder_cache=reorder,
+        **SETTINGS,
+    )
+    np.testing.assert_array_equal(tokens, [[[B, A, EOS], [A, A, A]]])
+    np.testing.assert_allclose(scores[0], np.log([0.4 * 0.9 * 0.9, 0.5 * 0.4 * 0.45]), rtol=1e-6)
+
+
 def test_beam_init() -> None:
     cache = (jnp.array([[5], [6]]), jnp.array([10, 20]))
     state = search.beam_init(cache, batch=2, beam_size=3, bos_id=BOS, pad_id=PAD, max_length=2)
