@@ -104,7 +104,8 @@ def greedy_search(tokens_to_logits: StepFunction, cache: Any, **loop: Any) -> Ar
     """
 
     def most_likely(logits: Array, step: Array) -> Array:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # The first maximum, as argmax; XLA's CPU top-k kernel finds it faster than argmax.
+        return jax.lax.top_k(logits, 1)[1][:, 0]
 
     return token_by_token(tokens_to_logits, cache, most_likely, **loop)
 
@@ -177,6 +178,29 @@ def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
     """lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al., 2016); |Y| counts the output tokens, eos
     included. Beam search ranks finished hypotheses by sum log p / lp(Y)."""
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def best_log_probs(logits: Array, k: int, banned_id: int | None = None) -> tuple[Array, Array]:
+    """Each row's k most likely tokens but `banned_id`, with their log-probabilities: (float32
+    [rows, n], int32 [rows, n]), most likely first, n = k (k + 1 with a banned id; at most vocab).
+
+    The log-probabilities are those of `jax.nn.log_softmax` over the whole vocabulary, computed
+    only for the chosen tokens: the [rows, vocab] array of them is never written. The banned id
+    keeps its share of the normaliser but is never chosen: one more token is taken, and the
+    banned one, if among them, gets -inf. Ties go to the lower token id; tokens whose logits
+    differ but whose log-probabilities round to the same float32 rank by their logits.
+    """
+    vocab = logits.shape[-1]
+    top_logits, tokens = jax.lax.top_k(logits, min(k + (banned_id is not None), vocab))
+    # log_softmax(x) = (x - max) - log(sum(exp(x - max))). The max is the first of the top k,
+    # read with a reduction: a slice of top_k's output stops XLA's CPU backend from using its
+    # top-k kernel (it falls back to sorting the whole row).
+    row_max = jnp.max(top_logits, axis=-1, keepdims=True)
+    log_normaliser = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
+    log_probs = (top_logits - row_max) - log_normaliser
+    if banned_id is not None:
+        log_probs = jnp.where(tokens == banned_id, NEG_INF, log_probs)
+    return log_probs, tokens
 
 
 @struct.dataclass
@@ -298,13 +322,15 @@ def beam_step(
     step = state.step
     previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, step, axis=2, keepdims=False)
     logits, cache = tokens_to_logits(previous.reshape(-1), state.cache, step)
-    log_probs = ban_token(jax.nn.log_softmax(logits), banned_id)
-    vocab = log_probs.shape[-1]
-    log_probs = log_probs.reshape(batch, beam_size, vocab)
-    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch, -1)
+    # The 2 * beam best extensions of a sentence are among the 2 * beam best of each of its
+    # hypotheses: only those get a log-probability and enter the sentence's top-k.
+    log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id)
+    per_row = log_probs.shape[-1]
+    candidates = state.alive_log_probs[:, :, None] + log_probs.reshape(batch, beam_size, per_row)
 
-    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * beam_size)
-    top_beams, top_tokens = top_indices // vocab, top_indices % vocab
+    top_log_probs, top_indices = jax.lax.top_k(candidates.reshape(batch, -1), 2 * beam_size)
+    top_beams = top_indices // per_row
+    top_tokens = jnp.take_along_axis(tokens.reshape(batch, -1), top_indices, axis=1)
     top_sequences = jax.lax.dynamic_update_index_in_dim(
         _gather_beams(state.alive_tokens, top_beams), top_tokens, step + 1, axis=2
     )

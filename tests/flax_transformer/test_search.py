@@ -368,6 +368,27 @@ def test_top_p_filter_matches_numpy() -> None:
     assert (np.isfinite(np.asarray(search.top_p_filter(logits, 1e-6))).sum(axis=-1) == 1).all()
 
 
+def test_best_log_probs_match_numpy_log_softmax() -> None:
+    logits = np.random.default_rng(5).standard_normal((4, 9)).astype(np.float32) * 3
+    logits[0, [3, 7]] = logits[0].max() + 1.0  # a tie for the first place
+    log_softmax = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    for banned in (None, int(np.argmax(logits[1])), 8):
+        log_probs, tokens = map(np.asarray, search.best_log_probs(logits, 3, banned))
+        assert log_probs.shape == tokens.shape == (4, 3 if banned is None else 4)
+        for row in range(4):
+            order = [t for t in np.argsort(-log_softmax[row], kind="stable") if t != banned][:3]
+            finite = np.isfinite(log_probs[row])
+            assert finite.sum() >= 3 and (tokens[row][~finite] == banned).all()
+            np.testing.assert_array_equal(tokens[row][finite][:3], order)
+            np.testing.assert_allclose(
+                log_probs[row][finite][:3], log_softmax[row, order], rtol=1e-6
+            )
+    assert list(tokens[0, :2]) == [3, 7]  # the tie: the lower id first
+    # A vocabulary smaller than k: every token.
+    log_probs, tokens = search.best_log_probs(logits[:, :2], 3)
+    assert tokens.shape == (4, 2) and set(np.asarray(tokens[0]).tolist()) == {0, 1}
+
+
 def test_strip_after_eos() -> None:
     tokens = np.array([[5, 6, EOS, 7, 0], [5, 0, 6, 0, 0], [EOS, 0, 0, 0, 0]])
     assert search.strip_after_eos(tokens, EOS, 0) == [[5, 6], [5, 6], []]
