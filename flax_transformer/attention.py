@@ -59,6 +59,31 @@ def _attention_one_head(
     return output, weights
 
 
+def cached_dot_product_attention(
+    query: Array, transposed_key: Array, value: Array, mask: Array | None = None
+) -> Array:
+    """Attention over a decoding cache: the math of `scaled_dot_product_attention` (no dropout,
+    no weights) for keys stored transposed.
+
+    query [..., q_len, d_k], transposed_key [..., d_k, k_len], value [..., k_len, d_v], the
+    same leading (batch, head) dimensions; mask broadcastable to [..., q_len, k_len]. Returns
+    [..., q_len, d_v]; fully masked rows give zeros. Incremental decoding keeps its keys in
+    this layout: q Kᵀ is then a plain matrix product, which XLA's CPU backend runs without
+    copying the cache (a [k_len, d_k] operand is transposed first when q_len > 1).
+    """
+    d_k = query.shape[-1]
+    logits = jnp.einsum(
+        "...qd,...dk->...qk", query, transposed_key, preferred_element_type=jnp.float32
+    )
+    logits = logits / math.sqrt(d_k)
+    if mask is not None:
+        logits = jnp.where(mask, logits, MASK_VALUE)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        weights = jnp.where(mask, weights, 0.0)
+    return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value)
+
+
 def _check_shapes(query: Array, key: Array, value: Array, mask: Array | None) -> None:
     for name, array in (("query", query), ("key", key), ("value", value)):
         if array.ndim < 2:

@@ -33,7 +33,10 @@ O(length^2). The two are public, for writing your own loop:
         logits, cache = decode_step(config, params, cache, tokens, step)   # [batch, vocab]
         tokens = jnp.argmax(logits, axis=-1)                               # position step + 1
 
-Every array of the cache has the batch axis first, so `jax.tree.map` can select or reorder rows.
+Every array of the cache has the batch axis first, so `jax.tree.map` can select or reorder
+sentences. A cache for beam search (`beam_size` > 1) holds every hypothesis of a sentence, rows
+b * beam_size + k of `decode_step`; `DecodingCache.reorder_beams` moves hypotheses without
+copying their keys and values.
 
 Input checks (`flax_transformer.checks`): token ids are checked on the host when `check_inputs`
 is True (it reads them back); the other arguments (bos/eos ids, max_length, beam and sampling
@@ -79,33 +82,26 @@ def banned_id(config: TransformerConfig, eos_id: int) -> int | None:
 
 
 def cached_step(
-    config: TransformerConfig, params: Any, source_tokens: Array, length: int, copies: int = 1
-) -> tuple[search.StepFunction, Any]:
-    """(tokens_to_logits, its initial cache) for `Transformer.decode_step`, `length` positions.
+    config: TransformerConfig, params: Any, source_tokens: Array, length: int, beam_size: int = 1
+) -> tuple[search.StepFunction, DecodingCache]:
+    """(tokens_to_logits, its initial cache) for `Transformer.decode_step`, `length` positions
+    and `beam_size` hypotheses per sentence (rows b * beam_size + k).
 
-    The searches carry and reorder only the self-attention part of the `DecodingCache`: the
-    source tokens and each layer's cross-attention keys and values are the same at every step
-    and for every beam of a sentence, so the step function closes over them (each row repeated
-    `copies` times: the beam size, for beam search).
+    The cache is the whole `DecodingCache`: its source part (the source tokens and each layer's
+    cross-attention keys and values) is computed once and never changes; a step writes the
+    self-attention part, and beam search moves hypotheses with `DecodingCache.reorder_beams`.
     """
     model = Transformer(config)
-    cache = model.apply({"params": params}, source_tokens, length, method=Transformer.init_cache)
-    source_rows, cross_attention = search.repeat_rows(
-        (cache.source_tokens, cache.cross_attention), copies
+    cache = model.apply(
+        {"params": params}, source_tokens, length, beam_size, method=Transformer.init_cache
     )
 
-    def tokens_to_logits(tokens: Array, self_attention: Any, step: Array) -> tuple[Array, Any]:
-        full = DecodingCache(
-            source_tokens=source_rows,
-            cross_attention=cross_attention,
-            self_attention=self_attention,
-        )
-        logits, full = model.apply(
-            {"params": params}, full, tokens, step, method=Transformer.decode_step
-        )
-        return logits, full.self_attention
+    def tokens_to_logits(
+        tokens: Array, cache: DecodingCache, step: Array
+    ) -> tuple[Array, DecodingCache]:
+        return model.apply({"params": params}, cache, tokens, step, method=Transformer.decode_step)
 
-    return tokens_to_logits, cache.self_attention
+    return tokens_to_logits, cache
 
 
 def uncached_step(
@@ -149,22 +145,24 @@ def _search_settings(
 # ---------------------------------------------------------------------------------------------
 # Building blocks for your own loop: the cache and one decoder step
 # ---------------------------------------------------------------------------------------------
-@checks.checked_jit(checks.check_decoding_arguments, static_argnames=("length",))
+@checks.checked_jit(checks.check_decoding_arguments, static_argnames=("length", "beam_size"))
 def init_cache(
     config: TransformerConfig,
     params: Any,
     source_tokens: Array,
     length: int,
     *,
+    beam_size: int = 1,
     check_inputs: bool = True,
 ) -> DecodingCache:
-    """Encode `source_tokens` [batch, src_len] and start a cache of `length` target positions.
+    """Encode `source_tokens` [batch, src_len] and start a cache of `length` target positions
+    for `beam_size` hypotheses per sentence.
 
     The cross-attention keys and values of every decoder layer are computed here, once; the
     self-attention part starts empty. Jitted; see `decode_step` and the module docstring.
     """
     return Transformer(config).apply(
-        {"params": params}, source_tokens, length, method=Transformer.init_cache
+        {"params": params}, source_tokens, length, beam_size, method=Transformer.init_cache
     )
 
 
@@ -172,11 +170,12 @@ def init_cache(
 def decode_step(
     config: TransformerConfig, params: Any, cache: DecodingCache, tokens: Array, step: Array
 ) -> tuple[Array, DecodingCache]:
-    """One cached decoder step: (float32 logits [batch, vocab], the cache with `step` added).
+    """One cached decoder step: (float32 logits [rows, vocab], the cache with `step` added).
 
-    `tokens` [batch] are the decoder inputs at target position `step` (the start token at step
-    0, then the previous outputs); the logits predict position step + 1 and equal those of the
-    full forward pass over the prefix. `step` may be traced; it must be < `cache.length`.
+    `tokens` [rows] are the decoder inputs at target position `step` (the start token at step
+    0, then the previous outputs), rows = batch * `cache.beams` (row b * beams + k: hypothesis k
+    of sentence b); the logits predict position step + 1 and equal those of the full forward
+    pass over each prefix. `step` may be traced; it must be < `cache.length`.
     """
     return Transformer(config).apply(
         {"params": params}, cache, tokens, step, method=Transformer.decode_step
@@ -319,9 +318,10 @@ def beam_search(
     """
     settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
     return search.beam_search(
-        *cached_step(config, params, source_tokens, max_length, copies=beam_size),
+        *cached_step(config, params, source_tokens, max_length, beam_size),
         beam_size=beam_size,
         alpha=length_penalty,
         stop=stop,
+        reorder_cache=DecodingCache.reorder_beams,
         **settings,
     )

@@ -32,7 +32,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
+from flax_transformer.attention import (
+    cached_dot_product_attention,
+    fused_dot_product_attention,
+    scaled_dot_product_attention,
+)
 from flax_transformer.config import ACTIVATIONS, TransformerConfig
 
 Array = jax.Array
@@ -198,6 +202,16 @@ class KeyValue:
     value: Array
 
 
+def to_cache_layout(key_value: KeyValue) -> KeyValue:
+    """Keys and values [batch, len, heads, d_k] -> the layout of the decoding cache: keys
+    transposed, [batch, heads, d_k, len], and values [batch, heads, len, d_k]
+    (`MultiHeadAttention.attend_cache` reads them without copying)."""
+    return KeyValue(
+        key=jnp.transpose(key_value.key, (0, 2, 3, 1)),
+        value=jnp.transpose(key_value.value, (0, 2, 1, 3)),
+    )
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (paper section 3.2.2).
 
@@ -274,6 +288,17 @@ class MultiHeadAttention(nn.Module):
             self.sow("intermediates", "attention_weights", weights)
             heads = jnp.swapaxes(heads, 1, 2)
         return self.output(heads)
+
+    def attend_cache(self, inputs_q: Array, key_value: KeyValue, mask: Array | None) -> Array:
+        """`attend` for incremental decoding (no dropout): inputs_q [b, q, d_model] attend over
+        keys and values in the cache layout (`to_cache_layout`) -> [b, q, d_model].
+
+        Always `cached_dot_product_attention`, whatever `attention_implementation` is: a few
+        queries against a cache leave nothing to fuse.
+        """
+        query = jnp.swapaxes(self.query(inputs_q), 1, 2)  # [b, h, q, d_k]
+        heads = cached_dot_product_attention(query, key_value.key, key_value.value, mask)
+        return self.output(jnp.swapaxes(heads, 1, 2))
 
 
 class FeedForward(nn.Module):
@@ -427,35 +452,51 @@ class DecoderLayer(nn.Module):
         self_attention_mask: Array,
         cross_attention_mask: Array | None,
     ) -> tuple[Array, KeyValue]:
-        """One target position through the layer, using the cache of the earlier positions.
+        """One target position of each of a sentence's hypotheses through the layer, using the
+        cache of the earlier positions. Every key/value argument is in the cache layout
+        (`to_cache_layout`).
 
         Args:
-          inputs: [batch, 1, d_model], the layer's input at target position `step`.
+          inputs: [batch, beams, d_model], the layer's input at target position `step` for
+            each of a sentence's `beams` hypotheses (1 unless beam search).
           step: int32 scalar, that position.
-          self_attention_cache: self-attention keys and values [batch, cache_len, h, d_k];
-            positions < step are filled.
-          cross_attention_key_value: from `cross_attention_key_value`.
-          self_attention_mask: [..., 1, cache_len], True for keys at positions <= step
-            (`masks.decoder_step_mask`).
+          self_attention_cache: one slot of positions per hypothesis, position t of slot j at
+            index t * beams + j: keys [batch, heads, d_k, cache_len * beams], values [batch,
+            heads, cache_len * beams, d_k]. Hypothesis k writes position `step` of slot k.
+          cross_attention_key_value: `cross_attention_key_value` in the cache layout, one per
+            sentence (its hypotheses share it).
+          self_attention_mask: [batch, 1, beams, cache_len * beams], True where hypothesis k
+            reads position t of slot j (`masks.beam_step_mask`).
           cross_attention_mask: the source padding mask, as in `__call__`.
 
         Returns:
-          (outputs [batch, 1, d_model], the cache with position `step` written). The outputs
-          equal position `step` of `__call__` over the whole prefix (deterministic: no dropout).
+          (outputs [batch, beams, d_model], the cache with position `step` written). A
+          hypothesis's outputs equal position `step` of `__call__` over its prefix
+          (deterministic: no dropout).
         """
         cfg = self.config
+        add_and_norm = functools.partial(residual, cfg, dropout=self.dropout, deterministic=True)
         # The self-attention sub-layer, spelled out: the cache needs this position's keys and
         # values, which are projections of the sub-layer's input.
         h = sublayer_input(cfg, self.self_attention_norm, inputs)
-        new = self.self_attention.project_key_value(h)
-        cache = jax.tree.map(
-            lambda cached, new: jax.lax.dynamic_update_slice_in_dim(
-                cached, new.astype(cached.dtype), step, axis=1
+        # This position of every slot: keys [b, heads, d_k, beams], values [b, heads, beams, d_k].
+        new = to_cache_layout(self.self_attention.project_key_value(h))
+        beams = inputs.shape[1]
+        cache = KeyValue(
+            key=jax.lax.dynamic_update_slice_in_dim(
+                self_attention_cache.key,
+                new.key.astype(self_attention_cache.key.dtype),
+                step * beams,
+                axis=3,
             ),
-            self_attention_cache,
-            new,
+            value=jax.lax.dynamic_update_slice_in_dim(
+                self_attention_cache.value,
+                new.value.astype(self_attention_cache.value.dtype),
+                step * beams,
+                axis=2,
+            ),
         )
-        attended = self.self_attention.attend(h, cache, self_attention_mask)
+        attended = self.self_attention.attend_cache(h, cache, self_attention_mask)
         x = add_residual(
             cfg,
             self.self_attention_norm,
@@ -464,10 +505,14 @@ class DecoderLayer(nn.Module):
             dropout=self.dropout,
             deterministic=True,
         )
-        outputs = self._attend_to_source_and_feed_forward(
-            x, cross_attention_key_value, cross_attention_mask, deterministic=True
+        x = add_and_norm(
+            self.cross_attention_norm,
+            x,
+            lambda h: self.cross_attention.attend_cache(
+                h, cross_attention_key_value, cross_attention_mask
+            ),
         )
-        return outputs, cache
+        return add_and_norm(self.feed_forward_norm, x, self.feed_forward), cache
 
     def _attend_to_source_and_feed_forward(
         self,
@@ -476,7 +521,7 @@ class DecoderLayer(nn.Module):
         cross_attention_mask: Array | None,
         deterministic: bool,
     ) -> Array:
-        """The encoder-decoder attention and feed-forward sub-layers (both paths share them)."""
+        """The encoder-decoder attention and feed-forward sub-layers of `__call__`."""
         add_and_norm = functools.partial(
             residual, self.config, dropout=self.dropout, deterministic=deterministic
         )

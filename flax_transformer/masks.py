@@ -14,6 +14,7 @@ and the three masks the model uses, built from those:
     decoder_self_attention_mask   causal, the "look-ahead" mask (+ segments)
     cross_attention_mask          source padding (+ target/source segments)
     decoder_step_mask             incremental decoding: the cached positions <= the current step
+    beam_step_mask                the same for hypotheses that read their positions from slots
 
 Padding masks act on keys only: a padding query row computes something, but it is never read
 (the loss ignores padding positions), and key-only masks broadcast instead of materialising a
@@ -125,3 +126,20 @@ def decoder_step_mask(step: Array | int, length: int) -> Array:
     if length <= 0:
         raise ValueError(f"length must be positive, got {length}")
     return (jnp.arange(length) <= step)[None, None, None, :]
+
+
+def beam_step_mask(slots: Array, step: Array | int) -> Array:
+    """Incremental decoding of `beams` hypotheses per sentence over a cache of `beams` slots:
+    int32 slots [batch, beams, length] -> [batch, 1, beams, length * beams].
+
+    Hypothesis k (query k) may attend to key t * beams + j, position t of slot j, when
+    t <= `step` and slots[b, k, t] == j: the slot that holds its position t. With one beam
+    (every slot 0) this is `decoder_step_mask`. `step` may be traced.
+    """
+    slots = jnp.asarray(slots)
+    if slots.ndim != 3:
+        raise ValueError(f"slots must have shape [batch, beams, length], got {slots.shape}")
+    batch, beams, length = slots.shape
+    in_slot = slots[:, :, :, None] == jnp.arange(beams)  # [batch, k, t, j]
+    visible = in_slot & (jnp.arange(length) <= step)[:, None]
+    return visible.reshape(batch, 1, beams, length * beams)

@@ -43,6 +43,7 @@ from flax_transformer.layers import (
     dense_init,
     layer_norm,
     projection_dot_general,
+    to_cache_layout,
 )
 from flax_transformer.positional import sinusoidal_encoding_at
 
@@ -243,7 +244,7 @@ class Decoder(_Stack):
         cfg = self.config
 
         def apply_layer(layer, encoded):
-            return encoded, layer.cross_attention_key_value(encoded)
+            return encoded, to_cache_layout(layer.cross_attention_key_value(encoded))
 
         _, key_values = _run_layers(cfg, self.layers, self.num_layers, apply_layer, encoded)
         return key_values
@@ -257,9 +258,11 @@ class Decoder(_Stack):
         self_attention_mask: Array,
         cross_attention_mask: Array | None,
     ) -> tuple[Array, LayerKeyValues]:
-        """Decoder input tokens [batch, 1] at position `step` -> (logits [batch, 1, vocab], cache).
+        """Decoder input tokens [batch, beams] at position `step`, one per hypothesis ->
+        (logits [batch, beams, vocab], self-attention cache).
 
-        The caches hold every layer's keys and values, laid out as in `DecodingCache`.
+        The caches hold every layer's keys and values, laid out as in `DecodingCache`; the
+        masks are those of `DecoderLayer.decode_step`.
         """
         cfg = self.config
         positions = jnp.full(tokens.shape, step)
@@ -309,28 +312,53 @@ class Decoder(_Stack):
 
 @struct.dataclass
 class DecodingCache:
-    """What incremental decoding keeps between steps (`Transformer.init_cache` makes one).
+    """What incremental decoding keeps between steps (`Transformer.init_cache` makes one), for
+    `batch` source sentences with `beams` hypotheses each (1 unless beam search). A step's
+    rows are the hypotheses: row b * beams + k is hypothesis k of sentence b.
 
         source_tokens     [batch, src_len]: the cross-attention padding mask is built from them
-        cross_attention   each decoder layer's keys and values [batch, src_len, heads, d_k],
-                          its projection of the encoder output: computed once per source
-        self_attention    each decoder layer's self-attention keys and values
-                          [batch, length, heads, d_k]: step t writes position t
+        cross_attention   each decoder layer's keys and values of the encoder output, computed
+                          once per source and shared by its hypotheses: keys transposed
+                          [batch, heads, d_k, src_len], values [batch, heads, src_len, d_k]
+        self_attention    each decoder layer's self-attention keys and values in `beams` slots,
+                          keys [batch, heads, d_k, length * beams], values [batch, heads,
+                          length * beams, d_k]: step t writes position t of hypothesis k into
+                          slot k, at index t * beams + k
+        slots             int32 [batch, beams, length]: hypothesis k reads position t from slot
+                          slots[b, k, t] (all k at first; `reorder_beams` changes it)
 
+    So beam search never copies keys or values when hypotheses change places: it reorders the
+    small slot table (`reorder_beams`). Keys are stored transposed so that attention over the
+    cache reads them without copying (`flax_transformer.attention.cached_dot_product_attention`).
     The per-layer entries are laid out like the parameters: a tuple of `KeyValue`s, one per
-    layer, or with `scan_layers` one `KeyValue` whose arrays have a layer axis after batch
-    ([batch, layers, ...]). Every array has the batch axis first, so `jax.tree.map` can select
-    or reorder rows (beam search does so with `take_along_axis`).
+    layer, or with `scan_layers` one `KeyValue` whose arrays have a layer axis after batch.
+    Every array has the batch axis first, so `jax.tree.map` can select or reorder sentences.
     """
 
     source_tokens: Array
     cross_attention: LayerKeyValues
     self_attention: LayerKeyValues
+    slots: Array
 
     @property
     def length(self) -> int:
         """The number of target positions the cache holds."""
-        return jax.tree.leaves(self.self_attention)[0].shape[-3]
+        return self.slots.shape[2]
+
+    @property
+    def beams(self) -> int:
+        """The number of hypotheses per sentence."""
+        return self.slots.shape[1]
+
+    def reorder_beams(self, parents: Array) -> DecodingCache:
+        """Hypothesis k of sentence b continues hypothesis parents[b, k] (int [batch, beams]).
+
+        Only the slot table moves: hypothesis k's positions so far are where its parent's are.
+        No key or value is copied or overwritten: hypothesis k writes its next position into
+        slot k, where no hypothesis has written that position before.
+        """
+        slots = jnp.take_along_axis(self.slots, parents[:, :, None], axis=1)
+        return self.replace(slots=slots)
 
 
 class Transformer(nn.Module):
@@ -340,8 +368,9 @@ class Transformer(nn.Module):
       encode(source_tokens) -> encoded [batch, src_len, d_model]
       decode(encoded, source_tokens, decoder_input_tokens) -> logits [batch, tgt_len, vocab]
       __call__(source_tokens, decoder_input_tokens) -> logits (encode then decode)
-      init_cache(source_tokens, length) -> DecodingCache (incremental decoding, see decoding.py)
-      decode_step(cache, tokens, step) -> (logits [batch, vocab], cache)
+      init_cache(source_tokens, length, beams=1) -> DecodingCache (incremental decoding, see
+                 decoding.py)
+      decode_step(cache, tokens, step) -> (logits [batch * beams, vocab], cache)
 
     Tokens are int [batch, length], padded with `config.pad_id` on the right. Packed batches
     pass per-token `*_positions` (position within its segment) and `*_segment_ids` (1, 2, ... per
@@ -396,25 +425,32 @@ class Transformer(nn.Module):
             encoded, decoder_input_tokens, self_mask, cross_mask, target_positions, deterministic
         )
 
-    def init_cache(self, source_tokens: Array, length: int) -> DecodingCache:
+    def init_cache(self, source_tokens: Array, length: int, beams: int = 1) -> DecodingCache:
         """Start incremental decoding: encode the source once, project it for every decoder
         layer's cross-attention once, and allocate an empty self-attention cache of `length`
-        target positions (the longest output the decoding loop will produce)."""
+        target positions (the longest output the decoding loop will produce) for `beams`
+        hypotheses per sentence."""
         cfg = self.config
         encoded = self.encode(source_tokens)
         batch, layers = source_tokens.shape[0], cfg.num_decoder_layers
+        keys = (cfg.num_heads, cfg.head_dim, length * beams)
+        values = (cfg.num_heads, length * beams, cfg.head_dim)
         if cfg.scan_layers:
-            empty = jnp.zeros(
-                (batch, layers, length, cfg.num_heads, cfg.head_dim), cfg.compute_dtype
+            self_attention = KeyValue(
+                key=jnp.zeros((batch, layers) + keys, cfg.compute_dtype),
+                value=jnp.zeros((batch, layers) + values, cfg.compute_dtype),
             )
-            self_attention = KeyValue(key=empty, value=empty)
         else:
-            empty = jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.compute_dtype)
-            self_attention = tuple(KeyValue(key=empty, value=empty) for _ in range(layers))
+            empty = KeyValue(
+                key=jnp.zeros((batch,) + keys, cfg.compute_dtype),
+                value=jnp.zeros((batch,) + values, cfg.compute_dtype),
+            )
+            self_attention = (empty,) * layers
         return DecodingCache(
             source_tokens=source_tokens,
             cross_attention=self.decoder.cross_attention_key_values(encoded),
             self_attention=self_attention,
+            slots=jnp.zeros((batch, beams, length), jnp.int32),
         )
 
     def decode_step(
@@ -422,23 +458,27 @@ class Transformer(nn.Module):
     ) -> tuple[Array, DecodingCache]:
         """One step of incremental decoding.
 
-        `tokens` [batch] are the decoder input tokens at target position `step` (the start token
-        at step 0, then the previous outputs). Returns the float32 logits [batch, vocab] of the
-        next token, equal to `decode(...)[:, step]` over the whole prefix, and the cache with
-        position `step` added. Deterministic (no dropout).
+        `tokens` [batch * beams] are the decoder input tokens at target position `step` of
+        each hypothesis (row b * beams + k: hypothesis k of sentence b; the start token at
+        step 0, then the previous outputs). Returns the float32 logits [batch * beams, vocab]
+        of the next token, equal to `decode(...)[:, step]` over each hypothesis's prefix, and
+        the cache with position `step` added. Deterministic (no dropout).
         """
         cfg = self.config
-        self_mask = masks.decoder_step_mask(step, cache.length)
-        cross_mask = masks.cross_attention_mask(cache.source_tokens, cfg.pad_id)
+        batch, beams = cache.slots.shape[:2]
+        # Each hypothesis writes position `step` into its own slot.
+        own_slot = jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32), (batch, beams))
+        slots = jax.lax.dynamic_update_index_in_dim(cache.slots, own_slot, step, axis=2)
         logits, self_attention = self.decoder.decode_step(
-            tokens[:, None],
+            tokens.reshape(batch, beams),
             step,
             cache.self_attention,
             cache.cross_attention,
-            self_mask,
-            cross_mask,
+            masks.beam_step_mask(slots, step),
+            masks.cross_attention_mask(cache.source_tokens, cfg.pad_id),
         )
-        return logits[:, 0], cache.replace(self_attention=self_attention)
+        logits = logits.reshape(batch * beams, -1)
+        return logits, cache.replace(self_attention=self_attention, slots=slots)
 
     def __call__(
         self,

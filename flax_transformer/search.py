@@ -10,8 +10,9 @@ Nothing here knows the Transformer: a search calls a step function
         -> (float32 logits [rows, vocab] of the token after `tokens`, the updated cache)
 
 where `tokens` are the inputs at position `step` (the start token at step 0, then the previous
-outputs) and `cache` is any pytree whose leaves all have the rows axis first: the searches never
-look inside it, and beam search reorders its rows when hypotheses change places.
+outputs) and `cache` is any pytree: the searches never look inside it. Beam search reorders it
+when hypotheses change places: by default its leaves all have the rows axis first and it
+reorders their rows; a cache that knows its beams reorders itself (`reorder_cache`).
 `flax_transformer.decoding` builds this function from a Transformer and its parameters.
 
 Every search runs a batch of `batch` independent rows in one `jax.lax.while_loop` and stops once
@@ -103,7 +104,8 @@ def greedy_search(tokens_to_logits: StepFunction, cache: Any, **loop: Any) -> Ar
     """
 
     def most_likely(logits: Array, step: Array) -> Array:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # The first maximum, as argmax; XLA's CPU top-k kernel finds it faster than argmax.
+        return jax.lax.top_k(logits, 1)[1][:, 0]
 
     return token_by_token(tokens_to_logits, cache, most_likely, **loop)
 
@@ -178,6 +180,29 @@ def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+def best_log_probs(logits: Array, k: int, banned_id: int | None = None) -> tuple[Array, Array]:
+    """Each row's k most likely tokens but `banned_id`, with their log-probabilities: (float32
+    [rows, n], int32 [rows, n]), most likely first, n = k (k + 1 with a banned id; at most vocab).
+
+    The log-probabilities are those of `jax.nn.log_softmax` over the whole vocabulary, computed
+    only for the chosen tokens: the [rows, vocab] array of them is never written. The banned id
+    keeps its share of the normaliser but is never chosen: one more token is taken, and the
+    banned one, if among them, gets -inf. Ties go to the lower token id; tokens whose logits
+    differ but whose log-probabilities round to the same float32 rank by their logits.
+    """
+    vocab = logits.shape[-1]
+    top_logits, tokens = jax.lax.top_k(logits, min(k + (banned_id is not None), vocab))
+    # log_softmax(x) = (x - max) - log(sum(exp(x - max))). The max is the first of the top k,
+    # read with a reduction: a slice of top_k's output stops XLA's CPU backend from using its
+    # top-k kernel (it falls back to sorting the whole row).
+    row_max = jnp.max(top_logits, axis=-1, keepdims=True)
+    log_normaliser = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
+    log_probs = (top_logits - row_max) - log_normaliser
+    if banned_id is not None:
+        log_probs = jnp.where(tokens == banned_id, NEG_INF, log_probs)
+    return log_probs, tokens
+
+
 @struct.dataclass
 class BeamState:
     """The loop state of `beam_search`, for `batch` sentences with `beam` hypotheses each.
@@ -185,8 +210,8 @@ class BeamState:
     step             int32 scalar: the tokens each alive hypothesis has produced
     alive_tokens     [batch, beam, max_length + 1]: the start token, then the outputs
     alive_log_probs  [batch, beam]: sum of log p of each alive hypothesis (-inf: none)
-    cache            the step function's cache with batch * beam rows (row b * beam + k: beam k
-                     of sentence b)
+    cache            the step function's cache of the batch * beam rows (row b * beam + k: beam
+                     k of sentence b)
     finished_tokens  [batch, beam, max_length + 1]: hypotheses that ended, best first
     finished_scores  [batch, beam]: their sum log p / lp(length) (-inf: empty slot)
     finished_flags   [batch, beam] bool: the slot holds a finished hypothesis
@@ -207,25 +232,34 @@ def _gather_beams(values: Array, beam_indices: Array) -> Array:
     return jnp.take_along_axis(values, indices, axis=1)
 
 
-def _reorder_rows(cache: Any, beam_indices: Array) -> Any:
-    """Row b * beam + k of the new cache continues beam beam_indices[b, k] of sentence b."""
-    beam_size = beam_indices.shape[1]
+def reorder_rows(tree: Any, parents: Array) -> Any:
+    """Beam search's default cache reordering: every leaf [batch * beam, ...], row b * beam + k
+    of the result is row b * beam + parents[b, k] (parents int [batch, beam])."""
+    beam_size = parents.shape[1]
 
     def reorder(rows: Array) -> Array:
         per_sentence = rows.reshape((-1, beam_size) + rows.shape[1:])
-        return _gather_beams(per_sentence, beam_indices).reshape(rows.shape)
+        return _gather_beams(per_sentence, parents).reshape(rows.shape)
 
-    return jax.tree.map(reorder, cache)
+    return jax.tree.map(reorder, tree)
 
 
 def beam_init(
-    cache: Any, *, batch: int, beam_size: int, bos_id: int, pad_id: int, max_length: int
+    cache: Any,
+    *,
+    batch: int,
+    beam_size: int,
+    bos_id: int,
+    pad_id: int,
+    max_length: int,
+    repeat_cache: bool = True,
 ) -> BeamState:
     """The state before the first step: every beam of a sentence is the start token alone.
 
-    `cache` has one row per sentence; each of its beams gets a copy (`repeat_rows`). All beams
-    start identical, so only beam 0 is alive (log p 0, the others -inf): otherwise the first
-    step would fill the beam with copies of the same hypothesis.
+    `cache` has one row per sentence and each of its beams gets a copy (`repeat_rows`), or
+    with `repeat_cache` False it already holds every beam. All beams start identical, so only
+    beam 0 is alive (log p 0, the others -inf): otherwise the first step would fill the beam
+    with copies of the same hypothesis.
     """
     start = jnp.full((batch, beam_size, max_length + 1), pad_id, jnp.int32)
     start = start.at[:, :, 0].set(bos_id)
@@ -234,7 +268,7 @@ def beam_init(
         step=jnp.int32(0),
         alive_tokens=start,
         alive_log_probs=jnp.broadcast_to(first_beam_only, (batch, beam_size)),
-        cache=repeat_rows(cache, beam_size),
+        cache=repeat_rows(cache, beam_size) if repeat_cache else cache,
         finished_tokens=start,
         finished_scores=jnp.full((batch, beam_size), NEG_INF),
         finished_flags=jnp.zeros((batch, beam_size), bool),
@@ -273,26 +307,30 @@ def beam_step(
     alpha: Array,
     stop: str,
     banned_id: int | None = None,
+    reorder_cache: Callable[[Any, Array], Any] = reorder_rows,
 ) -> BeamState:
     """One expansion: every alive hypothesis extended by every token, the best ones kept.
 
     Of the 2 * beam best extensions (best first), those of the first `beam` that end (eos, or
     the row's length limit) are finished, and the best `beam` of the kept finished hypotheses
     and the new ones are kept. The alive beam is refilled with the best `beam` extensions that
-    do not end: at most one extension per beam ends in eos, so there are always enough. A row
-    that was already done (`beam_done`) keeps its finished hypotheses unchanged.
+    do not end: at most one extension per beam ends in eos, so there are always enough; the
+    cache follows them (`reorder_cache(cache, parents [batch, beam])`). A row that was already
+    done (`beam_done`) keeps its finished hypotheses unchanged.
     """
     batch, beam_size = state.alive_log_probs.shape
     step = state.step
     previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, step, axis=2, keepdims=False)
     logits, cache = tokens_to_logits(previous.reshape(-1), state.cache, step)
-    log_probs = ban_token(jax.nn.log_softmax(logits), banned_id)
-    vocab = log_probs.shape[-1]
-    log_probs = log_probs.reshape(batch, beam_size, vocab)
-    candidates = (state.alive_log_probs[:, :, None] + log_probs).reshape(batch, -1)
+    # The 2 * beam best extensions of a sentence are among the 2 * beam best of each of its
+    # hypotheses: only those get a log-probability and enter the sentence's top-k.
+    log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id)
+    per_row = log_probs.shape[-1]
+    candidates = state.alive_log_probs[:, :, None] + log_probs.reshape(batch, beam_size, per_row)
 
-    top_log_probs, top_indices = jax.lax.top_k(candidates, 2 * beam_size)
-    top_beams, top_tokens = top_indices // vocab, top_indices % vocab
+    top_log_probs, top_indices = jax.lax.top_k(candidates.reshape(batch, -1), 2 * beam_size)
+    top_beams = top_indices // per_row
+    top_tokens = jnp.take_along_axis(tokens.reshape(batch, -1), top_indices, axis=1)
     top_sequences = jax.lax.dynamic_update_index_in_dim(
         _gather_beams(state.alive_tokens, top_beams), top_tokens, step + 1, axis=2
     )
@@ -305,7 +343,7 @@ def beam_step(
     # Alive: the best `beam` extensions that do not end.
     alive_log_probs, alive_picks = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), beam_size)
     alive_tokens = _gather_beams(top_sequences, alive_picks)
-    cache = _reorder_rows(cache, jnp.take_along_axis(top_beams, alive_picks, axis=1))
+    cache = reorder_cache(cache, jnp.take_along_axis(top_beams, alive_picks, axis=1))
 
     # Finished: the best `beam` of the kept finished hypotheses and the new ones.
     new_scores = jnp.where(finishes, top_log_probs / gnmt_length_penalty(length, alpha), NEG_INF)
@@ -343,14 +381,19 @@ def beam_search(
     alpha: Array | float,
     stop: str = "finished",
     banned_id: int | None = None,
+    reorder_cache: Callable[[Any, Array], Any] | None = None,
 ) -> tuple[Array, Array]:
     """Beam search: (tokens int32 [batch, beam_size, max_length], scores float32 [batch, beam]).
 
-    `cache` has one row per sentence (`beam_init` copies it for each beam, so `tokens_to_logits`
-    sees batch * beam_size rows). Hypotheses are ranked best first by sum log p / lp(Y) with
-    the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha, |Y| counting eos; one that
-    reaches its row's length limit without eos is kept like any other. `beam_step` expands,
-    `beam_done` decides when a sentence is over: at its length limit, or by the `stop` rule:
+    `tokens_to_logits` sees batch * beam_size rows, row b * beam_size + k: beam k of sentence
+    b. By default `cache` has one row per sentence on every leaf: `beam_init` copies it for
+    each beam and each step reorders every leaf's rows (`reorder_rows`). A cache that already
+    holds every beam comes with `reorder_cache(cache, parents int32 [batch, beam_size]) ->
+    cache`, in which beam k of sentence b continues beam parents[b, k]. Hypotheses are ranked
+    best first by sum log p / lp(Y) with the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) **
+    alpha, |Y| counting eos; one that reaches its row's length limit without eos is kept like
+    any other. `beam_step` expands, `beam_done` decides when a sentence is over: at its length
+    limit, or by the `stop` rule:
 
     - "finished": when all `beam_size` of the row's beams have finished, as in fairseq and
       Marian. Beam size 1 is then exactly greedy search.
@@ -370,14 +413,18 @@ def beam_search(
         bos_id=bos_id,
         pad_id=pad_id,
         max_length=max_length,
+        repeat_cache=reorder_cache is None,
     )
     rules = {"length_limits": length_limits, "alpha": alpha, "stop": stop}
+    settings = {"eos_id": eos_id, "banned_id": banned_id, "reorder_cache": reorder_cache}
+    if reorder_cache is None:
+        settings["reorder_cache"] = reorder_rows
 
     def not_done(state: BeamState) -> Array:
         return (state.step < max_length) & ~jnp.all(beam_done(state, **rules))
 
     def expand(state: BeamState) -> BeamState:
-        return beam_step(state, tokens_to_logits, eos_id=eos_id, banned_id=banned_id, **rules)
+        return beam_step(state, tokens_to_logits, **settings, **rules)
 
     state = jax.lax.while_loop(not_done, expand, state)
     return state.finished_tokens[:, :, 1:], state.finished_scores

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flax_transformer.attention import fused_dot_product_attention, scaled_dot_product_attention
+from flax_transformer.attention import (
+    cached_dot_product_attention,
+    fused_dot_product_attention,
+    scaled_dot_product_attention,
+)
 from tests.numpy_reference import attention as np_attention
 
 RTOL = 1e-5
@@ -77,6 +81,18 @@ def test_fully_masked_rows_are_zero_and_finite(rng):
 
     grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
     assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_cached_attention_with_transposed_keys_matches_numpy(rng):
+    """The decoding cache's layout: keys [..., d_k, k_len]. A query with no key gives zeros."""
+    q, k, v = _qkv(rng, (2, 4))
+    mask = rng.random((2, 1, 5, 7)) < 0.6
+    mask[1, 0, 3] = False
+    out = cached_dot_product_attention(q, np.swapaxes(k, -1, -2), v, jnp.asarray(mask))
+    ref_out, _ = np_attention(q, k, v, mask)
+    assert out.shape == (2, 4, 5, 6)
+    _assert_close(out, ref_out)
+    assert np.all(np.asarray(out)[1, :, 3] == 0.0)
 
 
 def test_vmapped_single_head_equals_per_head_loop_and_fused(rng):

@@ -86,6 +86,22 @@ def test_decoder_step_mask_is_a_row_of_the_causal_mask() -> None:
         np.testing.assert_array_equal(step_mask[0, 0, 0], causal[0, 0, step])
 
 
+def test_beam_step_mask_by_hand() -> None:
+    """Two hypotheses, three positions, keys t * 2 + j (position t of slot j). Hypothesis 0
+    reads position 0 from slot 1, positions 1 and 2 from slot 0; hypothesis 1 all from slot 1."""
+    T, F = True, False
+    slots = np.array([[[1, 0, 0], [1, 1, 1]]])
+    mask = np.asarray(masks.beam_step_mask(slots, 1))  # positions 0 and 1 are visible
+    assert mask.shape == (1, 1, 2, 6)
+    #                    (0, 0) (0, 1) (1, 0) (1, 1) (2, 0) (2, 1)
+    np.testing.assert_array_equal(mask[0, 0], [[F, T, T, F, F, F], [F, T, F, T, F, F]])
+    # One beam: every position in slot 0, and the mask is decoder_step_mask's.
+    for step in range(4):
+        one_beam = masks.beam_step_mask(np.zeros((2, 1, 4), np.int32), step)
+        np.testing.assert_array_equal(one_beam[0], masks.decoder_step_mask(step, 4)[0])
+        np.testing.assert_array_equal(one_beam[1], one_beam[0])
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -103,11 +119,17 @@ def test_cached_steps_equal_the_full_forward_pass_on_the_prefix(overrides) -> No
     target = rng.integers(1, config.vocab_size, size=(3, 3)).astype(np.int32)
     cache = init_cache(config, params, source, 6)
     # Laid out like the parameters: one KeyValue per layer, or one with a layer axis after batch.
-    shape = (3, 6, config.num_heads, config.head_dim)
+    heads, d_k = config.num_heads, config.head_dim
+    keys, values = (heads, d_k, 6), (heads, 6, d_k)  # one slot of 6 positions, keys transposed
     if config.scan_layers:
-        assert cache.self_attention.key.shape == (3, 2) + shape[1:]
+        assert cache.self_attention.key.shape == (3, 2) + keys
+        assert cache.self_attention.value.shape == (3, 2) + values
+        assert cache.cross_attention.key.shape == (3, 2, heads, d_k, 6)
     else:
-        assert [key_value.key.shape for key_value in cache.self_attention] == [shape, shape]
+        assert [kv.key.shape for kv in cache.self_attention] == [(3,) + keys] * 2
+        assert [kv.value.shape for kv in cache.self_attention] == [(3,) + values] * 2
+        assert [kv.value.shape for kv in cache.cross_attention] == [(3, heads, 6, d_k)] * 2
+    assert cache.slots.shape == (3, 1, 6) and (cache.length, cache.beams) == (6, 1)
     for step in range(target.shape[1]):
         logits, cache = decode_step(config, params, cache, target[:, step], step)
         full = ft.forward(config, params, source, target[:, : step + 1])
@@ -148,27 +170,54 @@ def test_the_pad_id_is_banned_unless_it_is_the_eos_id() -> None:
     assert banned_id(CONFIG.replace(pad_id=EOS), eos_id=EOS) is None
 
 
-@pytest.mark.parametrize("copies", [1, 3])
-def test_step_functions_give_the_forward_pass_logits(params, source, copies) -> None:
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_step_functions_give_the_forward_pass_logits(params, source, beam_size) -> None:
     """Both step functions, fed a teacher-forced target, against the full forward pass; the
-    cached one carries only the self-attention cache, with `copies` rows per sentence."""
+    cached one with `beam_size` hypotheses per sentence, each fed its own target."""
     rng = np.random.default_rng(5)
-    target = rng.integers(1, CONFIG.vocab_size, size=(len(source), 3)).astype(np.int32)
-    full = np.asarray(ft.forward(CONFIG, params, source, target))
-    rows = np.repeat(np.arange(len(source)), copies)
-    step, cache = cached_step(CONFIG, params, source, 4, copies=copies)
+    rows = len(source) * beam_size
+    target = rng.integers(1, CONFIG.vocab_size, size=(rows, 3)).astype(np.int32)
+    sentence = np.repeat(np.arange(len(source)), beam_size)  # the sentence of each row
+    full = np.asarray(ft.forward(CONFIG, params, source[sentence], target))
+    step, cache = cached_step(CONFIG, params, source, 4, beam_size)
     assert jax.tree.structure(cache) == jax.tree.structure(
-        init_cache(CONFIG, params, source, 4).self_attention
+        init_cache(CONFIG, params, source, 4, beam_size=beam_size)
     )
-    cache = jax.tree.map(lambda leaf: np.repeat(leaf, copies, axis=0), cache)
+    assert cache.beams == beam_size and cache.source_tokens.shape == source.shape
     reference_step, buffer = uncached_step(CONFIG, params, source, 4)
     np.testing.assert_array_equal(buffer, np.full((len(source), 4), CONFIG.pad_id))
     for t in range(target.shape[1]):
-        logits, cache = step(jax.numpy.asarray(target[rows, t]), cache, t)
-        np.testing.assert_allclose(logits, full[rows, t], rtol=1e-5, atol=1e-5)
-        logits, buffer = reference_step(jax.numpy.asarray(target[:, t]), buffer, t)
+        logits, cache = step(jax.numpy.asarray(target[:, t]), cache, t)
         np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(buffer[:, :3], target)  # the buffer holds the inputs fed
+        logits, buffer = reference_step(jax.numpy.asarray(target[::beam_size, t]), buffer, t)
+        np.testing.assert_allclose(logits, full[::beam_size, t], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(buffer[:, :3], target[::beam_size])  # the inputs fed
+
+
+def test_reordered_beams_continue_their_parents_prefixes(params, source) -> None:
+    """Three hypotheses per sentence fed different tokens, then reordered (one dropped, one
+    duplicated) at every step: each row's logits equal the full forward pass over the prefix
+    its hypothesis has after the reorderings, and no key or value moves (only the slot table)."""
+    beam_size, steps = 3, 4
+    rng = np.random.default_rng(6)
+    step, cache = cached_step(CONFIG, params, source, steps, beam_size)
+    prefixes = [[] for _ in range(len(source) * beam_size)]  # what each row's hypothesis read
+    for t in range(steps):
+        tokens = rng.integers(1, CONFIG.vocab_size, size=len(prefixes)).astype(np.int32)
+        prefixes = [prefix + [int(token)] for prefix, token in zip(prefixes, tokens, strict=True)]
+        logits, cache = step(jax.numpy.asarray(tokens), cache, t)
+        for row, prefix in enumerate(prefixes):
+            full = ft.forward(CONFIG, params, source[row // beam_size][None], np.array([prefix]))
+            np.testing.assert_allclose(logits[row], full[0, -1], rtol=1e-5, atol=1e-5)
+        parents = np.stack([rng.permutation(beam_size) for _ in source])
+        parents[:, 0] = parents[:, 1]  # hypothesis 0 continues the same parent as hypothesis 1
+        written = cache.self_attention
+        cache = cache.reorder_beams(jax.numpy.asarray(parents))
+        assert cache.self_attention is written
+        prefixes = [
+            prefixes[(row // beam_size) * beam_size + parents[row // beam_size, row % beam_size]]
+            for row in range(len(prefixes))
+        ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,6 +210,35 @@ def test_beam_search_finds_the_sequence_greedy_search_misses(stop, alpha) -> Non
     np.testing.assert_allclose(scores[0], expected, rtol=1e-6)
 
 
+def test_beam_search_with_a_cache_that_reorders_itself() -> None:
+    """`reorder_cache`: the toy model's cache kept per sentence, [batch, beam, ...], and given
+    for every beam; the search must find the same sequences as with the row cache."""
+    beam = 2
+
+    def per_sentence_step(tokens, cache, step):
+        history, marker = cache
+        logits, (history, marker) = toy_step(
+            tokens, (history.reshape(-1, MAX_LENGTH), marker.reshape(-1)), step
+        )
+        return logits, (history.reshape(-1, beam, MAX_LENGTH), marker.reshape(-1, beam))
+
+    def reorder(cache, parents):
+        return jax.tree.map(lambda leaf: search._gather_beams(leaf, parents), cache)
+
+    history, marker = toy_cache(beam)
+    tokens, scores = search.beam_search(
+        per_sentence_step,
+        (history[None], marker[None]),
+        beam_size=beam,
+        length_limits=jnp.array([MAX_LENGTH]),
+        alpha=0.0,
+        reorder_cache=reorder,
+        **SETTINGS,
+    )
+    np.testing.assert_array_equal(tokens, [[[B, A, EOS], [A, A, A]]])
+    np.testing.assert_allclose(scores[0], np.log([0.4 * 0.9 * 0.9, 0.5 * 0.4 * 0.45]), rtol=1e-6)
+
+
 def test_beam_init() -> None:
     cache = (jnp.array([[5], [6]]), jnp.array([10, 20]))
     state = search.beam_init(cache, batch=2, beam_size=3, bos_id=BOS, pad_id=PAD, max_length=2)
@@ -337,6 +366,27 @@ def test_top_p_filter_matches_numpy() -> None:
         np.testing.assert_array_equal(search.top_p_filter(logits, p), top_p_filter(logits, p))
     np.testing.assert_array_equal(search.top_p_filter(logits, 1.0), logits)  # 1 = off
     assert (np.isfinite(np.asarray(search.top_p_filter(logits, 1e-6))).sum(axis=-1) == 1).all()
+
+
+def test_best_log_probs_match_numpy_log_softmax() -> None:
+    logits = np.random.default_rng(5).standard_normal((4, 9)).astype(np.float32) * 3
+    logits[0, [3, 7]] = logits[0].max() + 1.0  # a tie for the first place
+    log_softmax = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    for banned in (None, int(np.argmax(logits[1])), 8):
+        log_probs, tokens = map(np.asarray, search.best_log_probs(logits, 3, banned))
+        assert log_probs.shape == tokens.shape == (4, 3 if banned is None else 4)
+        for row in range(4):
+            order = [t for t in np.argsort(-log_softmax[row], kind="stable") if t != banned][:3]
+            finite = np.isfinite(log_probs[row])
+            assert finite.sum() >= 3 and (tokens[row][~finite] == banned).all()
+            np.testing.assert_array_equal(tokens[row][finite][:3], order)
+            np.testing.assert_allclose(
+                log_probs[row][finite][:3], log_softmax[row, order], rtol=1e-6
+            )
+    assert list(tokens[0, :2]) == [3, 7]  # the tie: the lower id first
+    # A vocabulary smaller than k: every token.
+    log_probs, tokens = search.best_log_probs(logits[:, :2], 3)
+    assert tokens.shape == (4, 2) and set(np.asarray(tokens[0]).tolist()) == {0, 1}
 
 
 def test_strip_after_eos() -> None:
