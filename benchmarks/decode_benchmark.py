@@ -3,12 +3,15 @@
     python benchmarks/decode_benchmark.py                       # small preset, Multi30k-like shapes
     python benchmarks/decode_benchmark.py --max-length 0        # the paper's source length + 50
     python benchmarks/decode_benchmark.py --preset base --methods greedy beam --repeats 5
+    python benchmarks/decode_benchmark.py --preset base --vocab-size 58101 --activation silu \
+        --methods "greedy, cached" beam                          # opus-mt-en-de's size
 
-Random weights of a preset (vocab 8000 for `small`) and random source batches shaped like
-Multi30k: `--batch` sentences of 16 to 32 tokens (about 24), right-padded to 32. So that every
-method runs the same number of steps, eos is made unreachable: its embedding row, which the tied
-output projection also uses, is set to zero, so its logit is 0 while the argmax (and the beam)
-over 8000 random logits is far above that. Every output then runs to `--max-length` (default
+Random weights of a preset (vocab 8000 for `small`; `--vocab-size` and `--activation` override
+it) and random source batches shaped like Multi30k: `--batch` sentences of 16 to 32 tokens
+(about 24), right-padded to 32. So that every method runs the same number of steps, eos is made
+unreachable: its embedding row, which the tied output projection also uses, is set to zero, so
+its logit is 0 while the argmax (and the beam) over thousands of random logits is far above
+that. Every output then runs to `--max-length` (default
 64; 0 means source length + 50). Each method is jitted with `lower().compile()` (the compile
 column) and then timed over `--repeats` batches: milliseconds per batch, sentences/s and
 generated tokens/s. Asserts nothing.
@@ -75,6 +78,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
+    parser.add_argument("--activation", help="override the preset's feed-forward activation")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--source-len", type=int, default=32, help="padded source length")
     parser.add_argument("--max-length", type=int, default=64, help="0: source length + 50")
@@ -88,7 +93,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    config = ft.TransformerConfig.preset(args.preset)
+    overrides = {"vocab_size": args.vocab_size, "activation": args.activation}
+    config = ft.TransformerConfig.preset(
+        args.preset, **{name: value for name, value in overrides.items() if value is not None}
+    )
     params = jax.tree.map(np.array, ft.init_params(config, jax.random.key(0)))
     embedding = "shared_embedding" if config.share_embeddings else "target_embedding"
     params[embedding]["embedding"][EOS] = 0.0  # eos unreachable: fixed-length outputs
