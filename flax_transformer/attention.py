@@ -103,20 +103,22 @@ def _check_shapes(query: Array, key: Array, value: Array, mask: Array | None) ->
             f"{query.shape}, {key.shape}, {value.shape}"
         )
     if mask is not None:
-        if mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"mask must be boolean (True = may attend), got dtype {mask.dtype}; build it with "
-                "flax_transformer.masks"
-            )
-        target = query.shape[:-1] + key.shape[-2:-1]
-        try:
-            broadcast = jnp.broadcast_shapes(mask.shape, target)
-        except ValueError:
-            broadcast = None
-        if broadcast != target:
-            raise ValueError(
-                f"mask of shape {mask.shape} does not broadcast to [..., q_len, k_len] = {target}"
-            )
+        _check_mask(mask, query.shape[:-1] + key.shape[-2:-1], "[..., q_len, k_len]")
+
+
+def _check_mask(mask: Array, target: tuple[int, ...], layout: str) -> None:
+    """A clear error unless `mask` is boolean and broadcasts to `target` (named `layout`)."""
+    if mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"mask must be boolean (True = may attend), got dtype {mask.dtype}; build it with "
+            "flax_transformer.masks"
+        )
+    try:
+        broadcast = jnp.broadcast_shapes(mask.shape, target)
+    except ValueError:
+        broadcast = None
+    if broadcast != target:
+        raise ValueError(f"mask of shape {mask.shape} does not broadcast to {layout} = {target}")
 
 
 def scaled_dot_product_attention(
@@ -298,18 +300,7 @@ def fused_dot_product_attention(
     row_has_key = None
     if mask is not None:
         mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
-        target = (batch, heads, q_len, k_len)
-        try:
-            broadcast = jnp.broadcast_shapes(mask.shape, target)
-        except ValueError:
-            broadcast = None
-        if broadcast != target:
-            raise ValueError(
-                f"mask of shape {mask.shape} does not broadcast to [batch, heads, q_len, k_len] "
-                f"= {target}"
-            )
+        _check_mask(mask, (batch, heads, q_len, k_len), "[batch, heads, q_len, k_len]")
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
         row_has_key = jnp.any(mask, axis=-1, keepdims=True)  # [batch|1, heads|1, q_len|1, 1]
         mask = jnp.logical_or(mask, jnp.logical_not(row_has_key))
