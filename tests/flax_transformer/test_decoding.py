@@ -194,20 +194,24 @@ def test_step_functions_give_the_forward_pass_logits(params, source, beam_size) 
     np.testing.assert_array_equal(buffer[:, :3], target[::beam_size])  # the inputs fed
 
 
-def test_reordered_beams_continue_their_parents_prefixes(params, source) -> None:
+@pytest.mark.parametrize("scanned", [False, True])
+def test_reordered_beams_continue_their_parents_prefixes(params, source, scanned) -> None:
     """Three hypotheses per sentence fed different tokens, then reordered (one dropped, one
     duplicated) at every step: each row's logits equal the full forward pass over the prefix
     its hypothesis has after the reorderings, and no key or value moves (only the slot table)."""
+    config = CONFIG.replace(scan_layers=scanned)
+    if scanned:
+        params = ft.model.stack_layer_params(params)
     beam_size, steps = 3, 4
     rng = np.random.default_rng(6)
-    step, cache = cached_step(CONFIG, params, source, steps, beam_size)
+    step, cache = cached_step(config, params, source, steps, beam_size)
     prefixes = [[] for _ in range(len(source) * beam_size)]  # what each row's hypothesis read
     for t in range(steps):
         tokens = rng.integers(1, CONFIG.vocab_size, size=len(prefixes)).astype(np.int32)
         prefixes = [prefix + [int(token)] for prefix, token in zip(prefixes, tokens, strict=True)]
         logits, cache = step(jax.numpy.asarray(tokens), cache, t)
         for row, prefix in enumerate(prefixes):
-            full = ft.forward(CONFIG, params, source[row // beam_size][None], np.array([prefix]))
+            full = ft.forward(config, params, source[row // beam_size][None], np.array([prefix]))
             np.testing.assert_allclose(logits[row], full[0, -1], rtol=1e-5, atol=1e-5)
         parents = np.stack([rng.permutation(beam_size) for _ in source])
         parents[:, 0] = parents[:, 1]  # hypothesis 0 continues the same parent as hypothesis 1
