@@ -24,6 +24,7 @@ The modules, from the bottom of the stack up (each imports only modules listed b
     checks       host-side argument checks
     model        Encoder, Decoder, Transformer (Figure 1), DecodingCache, init_params
     decoding     the Transformer's jitted decoders: greedy_decode, beam_search, sample_decode
+    alignment    word alignments from attention weights (host-side NumPy)
     training     loss (5.4), schedule and optimizer (5.3), train and eval steps
     parallel     DataParallel: the steps over several devices
     interop      other libraries' checkpoints: interop.marian (MarianMT)
@@ -40,6 +41,7 @@ import warnings
 from typing import Any
 
 from flax_transformer import (  # noqa: F401 (the modules, as attributes: ft.masks, ...)
+    alignment,
     apply,
     attention,
     checks,

@@ -61,15 +61,16 @@ def _attention_one_head(
 
 def cached_dot_product_attention(
     query: Array, transposed_key: Array, value: Array, mask: Array | None = None
-) -> Array:
-    """Attention over a decoding cache: the math of `scaled_dot_product_attention` (no dropout,
-    no weights) for keys stored transposed.
+) -> tuple[Array, Array]:
+    """Attention over a decoding cache: the math of `scaled_dot_product_attention` (no dropout)
+    for keys stored transposed.
 
     query [..., q_len, d_k], transposed_key [..., d_k, k_len], value [..., k_len, d_v], the
     same leading (batch, head) dimensions; mask broadcastable to [..., q_len, k_len]. Returns
-    [..., q_len, d_v]; fully masked rows give zeros. Incremental decoding keeps its keys in
-    this layout: q Kᵀ is then a plain matrix product, which XLA's CPU backend runs without
-    copying the cache (a [k_len, d_k] operand is transposed first when q_len > 1).
+    (output [..., q_len, d_v], weights float32 [..., q_len, k_len]) as the reference path does:
+    fully masked rows give zeros; unused weights cost nothing under jit. Incremental decoding
+    keeps its keys in this layout: q Kᵀ is then a plain matrix product, which XLA's CPU backend
+    runs without copying the cache (a [k_len, d_k] operand is transposed first when q_len > 1).
     """
     d_k = query.shape[-1]
     logits = jnp.einsum(
@@ -81,7 +82,7 @@ def cached_dot_product_attention(
     weights = jax.nn.softmax(logits, axis=-1)
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
-    return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value)
+    return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value), weights
 
 
 def _check_shapes(query: Array, key: Array, value: Array, mask: Array | None) -> None:

@@ -217,6 +217,8 @@ _DECODING_CHECKS: dict[str, Callable[[TransformerConfig, Any, Any], Any]] = {
     "temperature": lambda config, source, value: check_temperature(value),
     "top_k": lambda config, source, value: check_top_k(config, value),
     "top_p": lambda config, source, value: check_top_p(value),
+    # A decoding.AttentionSelection checks itself against the config (None: no attention).
+    "attention": lambda config, source, value: None if value is None else value.resolved(config),
 }
 
 

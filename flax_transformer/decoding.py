@@ -38,6 +38,15 @@ sentences. A cache for beam search (`beam_size` > 1) holds every hypothesis of a
 b * beam_size + k of `decode_step`; `DecodingCache.reorder_beams` moves hypotheses without
 copying their keys and values.
 
+Attention output. Every decoder also returns the encoder-decoder (cross-) attention of its
+output tokens when given `attention=AttentionSelection(layer=..., head=...)`: for each output
+position t, the weights over the source with which the decoder chose token t, from the chosen
+layer(s) and head(s), float32 [batch, (beam,) max_length, layers', heads', src_len]. Beam search
+carries them in its state and reorders them with the hypotheses, so each returned hypothesis
+comes with its own attention. They equal the attention of a full forward pass over the output
+(`flax_transformer.apply.attention_weights`); `flax_transformer.alignment` turns them into word
+alignments.
+
 Input checks (`flax_transformer.checks`): token ids are checked on the host when `check_inputs`
 is True (it reads them back); the other arguments (bos/eos ids, max_length, beam and sampling
 settings) are always checked.
@@ -45,6 +54,7 @@ settings) are always checked.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -54,12 +64,69 @@ import jax.numpy as jnp
 
 from flax_transformer import checks, search
 from flax_transformer.config import TransformerConfig
-from flax_transformer.model import DecodingCache, Transformer
+from flax_transformer.model import DecodingCache, Transformer, cross_attention_weights
 
 # train/evaluation.py reads these here; they are declared in flax_transformer.search.
 from flax_transformer.search import BEAM_STOP_RULES, strip_after_eos  # noqa: F401
 
 Array = jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Which attention weights a decoder returns
+# ---------------------------------------------------------------------------------------------
+ATTENTION_REDUCTIONS = ("mean", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSelection:
+    """Which of the decoder's encoder-decoder attention weights a decoder returns.
+
+    layer: a decoder layer's index (negative: from the last, -1 = the last), "mean" (the mean
+        over the layers) or "all".
+    head: a head's index (negative from the last), "mean" (the mean over the heads) or "all".
+
+    The weights come as [..., layers', heads', src_len]: layers' is 1 unless layer="all" (then
+    config.num_decoder_layers), heads' 1 unless head="all" (then config.num_heads). A static
+    argument of the jitted decoders (frozen and hashable).
+    """
+
+    layer: int | str = -1
+    head: int | str = "mean"
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "head"):
+            value = getattr(self, name)
+            if not (checks.is_int(value) or value in ATTENTION_REDUCTIONS):
+                raise ValueError(
+                    f"attention {name} must be an index or one of {list(ATTENTION_REDUCTIONS)}, "
+                    f"got {value!r}"
+                )
+
+    def resolved(self, config: TransformerConfig) -> AttentionSelection:
+        """The same selection with indices counted from 0, checked against `config`."""
+        sizes = {"layer": config.num_decoder_layers, "head": config.num_heads}
+        values = {}
+        for name, size in sizes.items():
+            value = getattr(self, name)
+            if checks.is_int(value):
+                if not -size <= value < size:
+                    raise ValueError(
+                        f"attention {name} {value} is out of range: the model has {size} "
+                        f"{'decoder layers' if name == 'layer' else 'heads'}"
+                    )
+                value = int(value) % size
+            values[name] = value
+        return AttentionSelection(**values)
+
+    def select(self, weights: Array) -> Array:
+        """weights [..., layers, heads, src_len] -> [..., layers', heads', src_len]."""
+        for axis, choice in ((-3, self.layer), (-2, self.head)):
+            if choice == "mean":
+                weights = jnp.mean(weights, axis=axis, keepdims=True)
+            elif choice != "all":
+                weights = jax.lax.dynamic_slice_in_dim(weights, choice, 1, axis=axis)
+        return weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +149,12 @@ def banned_id(config: TransformerConfig, eos_id: int) -> int | None:
 
 
 def cached_step(
-    config: TransformerConfig, params: Any, source_tokens: Array, length: int, beam_size: int = 1
+    config: TransformerConfig,
+    params: Any,
+    source_tokens: Array,
+    length: int,
+    beam_size: int = 1,
+    attention: AttentionSelection | None = None,
 ) -> tuple[search.StepFunction, DecodingCache]:
     """(tokens_to_logits, its initial cache) for `Transformer.decode_step`, `length` positions
     and `beam_size` hypotheses per sentence (rows b * beam_size + k).
@@ -90,46 +162,85 @@ def cached_step(
     The cache is the whole `DecodingCache`: its source part (the source tokens and each layer's
     cross-attention keys and values) is computed once and never changes; a step writes the
     self-attention part, and beam search moves hypotheses with `DecodingCache.reorder_beams`.
+    With `attention`, the step function also returns each row's selected cross-attention
+    weights [rows, layers', heads', src_len] as its record (`search`'s with_records).
     """
     model = Transformer(config)
     cache = model.apply(
         {"params": params}, source_tokens, length, beam_size, method=Transformer.init_cache
     )
 
-    def tokens_to_logits(
-        tokens: Array, cache: DecodingCache, step: Array
-    ) -> tuple[Array, DecodingCache]:
-        return model.apply({"params": params}, cache, tokens, step, method=Transformer.decode_step)
+    def tokens_to_logits(tokens: Array, cache: DecodingCache, step: Array) -> tuple[Any, ...]:
+        if attention is None:
+            return model.apply(
+                {"params": params}, cache, tokens, step, method=Transformer.decode_step
+            )
+        (logits, cache), state = model.apply(
+            {"params": params},
+            cache,
+            tokens,
+            step,
+            method=Transformer.decode_step,
+            mutable=["intermediates"],
+        )
+        # [batch, layers, heads, beams, src_len]: a step's queries are a sentence's hypotheses.
+        weights = cross_attention_weights(state["intermediates"])
+        batch, layers, heads, beams, source_length = weights.shape
+        rows = jnp.moveaxis(weights, 3, 1).reshape(batch * beams, layers, heads, source_length)
+        return logits, cache, attention.select(rows)
 
     return tokens_to_logits, cache
 
 
 def uncached_step(
-    config: TransformerConfig, params: Any, source_tokens: Array, length: int
+    config: TransformerConfig,
+    params: Any,
+    source_tokens: Array,
+    length: int,
+    attention: AttentionSelection | None = None,
 ) -> tuple[search.StepFunction, Array]:
     """(tokens_to_logits, its initial cache) without a key/value cache: the readable reference.
 
     The "cache" is the decoder input buffer int32 [batch, length], all padding at first. Step t
     writes its input token at column t and runs the decoder over the whole fixed-length buffer
     (one compilation); the causal mask hides the columns after t, so logits[:, t] are those of
-    the prefix. O(length^2) work per sentence, and no cache to get wrong.
+    the prefix. O(length^2) work per sentence, and no cache to get wrong. With `attention`, as
+    in `cached_step` (the weights of query position t of the full pass).
     """
+    if attention is not None:  # only the reference attention path records its weights
+        config = config.replace(attention_implementation="reference")
     model = Transformer(config)
     encoded = model.apply({"params": params}, source_tokens, method=Transformer.encode)
 
-    def tokens_to_logits(tokens: Array, buffer: Array, step: Array) -> tuple[Array, Array]:
+    def tokens_to_logits(tokens: Array, buffer: Array, step: Array) -> tuple[Any, ...]:
         buffer = jax.lax.dynamic_update_index_in_dim(buffer, tokens, step, axis=1)
-        logits = model.apply(
-            {"params": params}, encoded, source_tokens, buffer, method=Transformer.decode
-        )
-        return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), buffer
+        arguments = ({"params": params}, encoded, source_tokens, buffer)
+        if attention is None:
+            logits = model.apply(*arguments, method=Transformer.decode)
+        else:
+            logits, state = model.apply(
+                *arguments, method=Transformer.decode, mutable=["intermediates"]
+            )
+            # [batch, layers, heads, length, src_len] -> query position `step`.
+            weights = jax.lax.dynamic_index_in_dim(
+                cross_attention_weights(state["intermediates"]), step, axis=3, keepdims=False
+            )
+        logits = jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False)
+        if attention is None:
+            return logits, buffer
+        return logits, buffer, attention.select(weights)
 
     buffer = jnp.full((source_tokens.shape[0], length), config.pad_id, jnp.int32)
     return tokens_to_logits, buffer
 
 
 def _search_settings(
-    config: TransformerConfig, source_tokens: Array, bos_id: int, eos_id: int, max_length: int
+    config: TransformerConfig,
+    source_tokens: Array,
+    bos_id: int,
+    eos_id: int,
+    max_length: int,
+    attention: AttentionSelection | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments every search takes, for this model and source."""
     return {
@@ -139,6 +250,7 @@ def _search_settings(
         "max_length": max_length,
         "length_limits": output_length_limits(config, source_tokens, max_length),
         "banned_id": banned_id(config, eos_id),
+        "with_records": attention is not None,
     }
 
 
@@ -190,7 +302,8 @@ def _greedy_decoder(name: str, make_step: Callable[..., Any], doc: str) -> Calla
     the cached decoder and the uncached reference)."""
 
     @checks.checked_jit(
-        checks.check_decoding_arguments, static_argnames=("bos_id", "eos_id", "max_length")
+        checks.check_decoding_arguments,
+        static_argnames=("bos_id", "eos_id", "max_length", "attention"),
     )
     def decode(
         config: TransformerConfig,
@@ -200,10 +313,13 @@ def _greedy_decoder(name: str, make_step: Callable[..., Any], doc: str) -> Calla
         bos_id: int,
         eos_id: int,
         max_length: int | None = None,
+        attention: AttentionSelection | None = None,
         check_inputs: bool = True,
-    ) -> Array:
-        settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
-        step_function, cache = make_step(config, params, source_tokens, max_length)
+    ) -> Array | tuple[Array, Array]:
+        settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length, attention)
+        step_function, cache = make_step(
+            config, params, source_tokens, max_length, attention=attention
+        )
         return search.greedy_search(step_function, cache, **settings)
 
     decode.__name__ = decode.__qualname__ = name
@@ -220,8 +336,10 @@ The most likely token at every step, with the key/value cache. Each row holds it
 to and including the first `eos_id`, then `config.pad_id`; a row without eos reached its
 length limit (see the module docstring: max_length, by default padded source length + 50,
 and the row's own source length + 50). The decoder starts from `bos_id` (MarianMT-style models
-start from the pad id: pass that). Jitted; compiles once per config, batch shape and
-max_length.
+start from the pad id: pass that). With `attention` (an `AttentionSelection`) it returns
+(tokens, attention float32 [batch, max_length, layers', heads', src_len]): position t holds the
+cross-attention with which token t was chosen, zeros after the row's end (see the module
+docstring). Jitted; compiles once per config, batch shape, max_length and attention selection.
 """,
 )
 greedy_decode_uncached = _greedy_decoder(
@@ -245,7 +363,7 @@ simple and exact, O(length^2) work per sentence. Same arguments and result as
 
 @checks.checked_jit(
     checks.check_decoding_arguments,
-    static_argnames=("bos_id", "eos_id", "top_k", "top_p", "max_length"),
+    static_argnames=("bos_id", "eos_id", "top_k", "top_p", "max_length", "attention"),
 )
 def sample_decode(
     config: TransformerConfig,
@@ -259,19 +377,21 @@ def sample_decode(
     top_k: int = 0,
     top_p: float = 1.0,
     max_length: int | None = None,
+    attention: AttentionSelection | None = None,
     check_inputs: bool = True,
-) -> Array:
+) -> Array | tuple[Array, Array]:
     """Sampled output tokens int32 [batch, max_length] (ancestral sampling).
 
     Each step samples from softmax(logits / temperature) restricted to the `top_k` most likely
     tokens (0: all) and then to the nucleus of probability `top_p` (1.0: all), renormalised.
     Row i at step t uses the key fold_in(fold_in(rng, t), i): the same rng gives the same
-    output, and a row's samples do not depend on the other rows. Output layout, length limits
-    and jitting as in `greedy_decode`; temperature is traced, top_k and top_p are static.
+    output, and a row's samples do not depend on the other rows. Output layout, length limits,
+    attention and jitting as in `greedy_decode`; temperature is traced, top_k and top_p are
+    static.
     """
-    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length, attention)
     return search.sample_search(
-        *cached_step(config, params, source_tokens, max_length),
+        *cached_step(config, params, source_tokens, max_length, attention=attention),
         rng,
         temperature=temperature,
         top_k=top_k,
@@ -282,7 +402,7 @@ def sample_decode(
 
 @checks.checked_jit(
     checks.check_decoding_arguments,
-    static_argnames=("bos_id", "eos_id", "beam_size", "max_length", "stop"),
+    static_argnames=("bos_id", "eos_id", "beam_size", "max_length", "stop", "attention"),
 )
 def beam_search(
     config: TransformerConfig,
@@ -295,8 +415,9 @@ def beam_search(
     length_penalty: float = 0.6,
     max_length: int | None = None,
     stop: str = "finished",
+    attention: AttentionSelection | None = None,
     check_inputs: bool = True,
-) -> tuple[Array, Array]:
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
     """Beam search (paper section 6.1: beam size 4, length penalty alpha = 0.6).
 
     Returns (tokens int32 [batch, beam_size, max_length], scores float32 [batch, beam_size]),
@@ -314,11 +435,14 @@ def beam_search(
     - "bound": when no alive hypothesis can still beat the worst kept finished one, whatever
       length it reaches (tensor2tensor, which the paper used, and the Flax WMT example).
     Slots left empty (only when fewer than beam_size distinct outputs exist) have score -inf
-    and pad tokens. Jitted; length_penalty is traced, beam_size is static.
+    and pad tokens. With `attention` (an `AttentionSelection`) it returns (tokens, scores,
+    attention float32 [batch, beam_size, max_length, layers', heads', src_len]): each slot's
+    hypothesis with the cross-attention that chose each of its tokens (zeros after its end and
+    in empty slots). Jitted; length_penalty is traced, beam_size is static.
     """
-    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length)
+    settings = _search_settings(config, source_tokens, bos_id, eos_id, max_length, attention)
     return search.beam_search(
-        *cached_step(config, params, source_tokens, max_length, beam_size),
+        *cached_step(config, params, source_tokens, max_length, beam_size, attention),
         beam_size=beam_size,
         alpha=length_penalty,
         stop=stop,

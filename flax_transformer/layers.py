@@ -222,9 +222,10 @@ class MultiHeadAttention(nn.Module):
     passes decoder states as `inputs_q` and the encoder output as `inputs_kv`. The call is two
     halves that incremental decoding uses separately: `project_key_value` (K W^K and V W^V, which
     depend on the attended sequence only, so they can be computed once and cached) and `attend`
-    (the queries, the attention itself and W^O). On the reference path the attention weights
-    [batch, heads, q_len, k_len] are recorded with `sow("intermediates", "attention_weights",
-    ...)`: apply with `mutable=["intermediates"]` to read them. The fused path records nothing.
+    (the queries, the attention itself and W^O). On the reference path and over a decoding
+    cache (`attend_cache`) the attention weights [batch, heads, q_len, k_len] are recorded with
+    `sow("intermediates", "attention_weights", ...)`: apply with `mutable=["intermediates"]` to
+    read them (otherwise recording is a no-op). The fused path records nothing.
     """
 
     config: TransformerConfig
@@ -297,7 +298,8 @@ class MultiHeadAttention(nn.Module):
         queries against a cache leave nothing to fuse.
         """
         query = jnp.swapaxes(self.query(inputs_q), 1, 2)  # [b, h, q, d_k]
-        heads = cached_dot_product_attention(query, key_value.key, key_value.value, mask)
+        heads, weights = cached_dot_product_attention(query, key_value.key, key_value.value, mask)
+        self.sow("intermediates", "attention_weights", weights)
         return self.output(jnp.swapaxes(heads, 1, 2))
 
 

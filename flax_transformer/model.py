@@ -508,6 +508,24 @@ class Transformer(nn.Module):
         )
 
 
+def cross_attention_weights(intermediates: dict[str, Any]) -> Array:
+    """The decoder's encoder-decoder attention weights from an apply with
+    `mutable=["intermediates"]` (of `Transformer.__call__`, `decode` or `decode_step`): float32
+    [batch, layers, heads, q_len, src_len], layers first to last.
+
+    q_len is the target length of a full pass; in `decode_step` the query axis holds the
+    `beams` hypotheses of each sentence (its batch axis the sentences). Each layer's
+    `cross_attention` records its weights (`MultiHeadAttention`; on the reference path or over
+    the cache: a fused full pass records none, and then this raises KeyError).
+    """
+    decoder = intermediates["decoder"]
+    if "layers" in decoder:  # nn.scan stacks what its layer records on a leading layer axis
+        (weights,) = decoder["layers"]["cross_attention"]["attention_weights"]
+        return jnp.moveaxis(weights, 0, 1)
+    layers = [decoder[name]["cross_attention"] for name in _stack_names(decoder)]
+    return jnp.stack([layer["attention_weights"][0] for layer in layers], axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters: initialising, counting, and converting between unrolled (layer_0, layer_1, ...)
 # and scanned (layers) stacks.

@@ -15,6 +15,13 @@ when hypotheses change places: by default its leaves all have the rows axis firs
 reorders their rows; a cache that knows its beams reorders itself (`reorder_cache`).
 `flax_transformer.decoding` builds this function from a Transformer and its parameters.
 
+Records. With `with_records=True` the step function returns a third value, a pytree whose
+leaves are [rows, ...] (the decoder's attention over the source, say), and every search also
+returns, for each output position, the record of the step that chose that position's token:
+greedy search and sampling [batch, max_length, ...], beam search [batch, beam, max_length, ...]
+for the hypothesis in each slot, carried in the beam state and reordered with it. Positions
+after a row's or hypothesis's end hold zeros.
+
 Every search runs a batch of `batch` independent rows in one `jax.lax.while_loop` and stops once
 every row is done. Row i ends at `eos_id` or after `length_limits[i]` tokens (at most
 `max_length`, the static length of the output buffer); after its end a row holds `pad_id`. The
@@ -53,6 +60,38 @@ def repeat_rows(tree: Any, copies: int) -> Any:
     return jax.tree.map(lambda leaf: jnp.repeat(leaf, copies, axis=0), tree)
 
 
+def _call_step(
+    tokens_to_logits: StepFunction, tokens: Array, cache: Any, step: Array, with_records: bool
+) -> tuple[Array, Any, Any]:
+    """(logits, cache, record or None): one call of the step function."""
+    outputs = tokens_to_logits(tokens, cache, step)
+    if len(outputs) != 2 + with_records:
+        raise ValueError(
+            f"the step function returned {len(outputs)} values; with with_records={with_records} "
+            f"it must return {2 + with_records}: (logits, cache{', record' * with_records})"
+        )
+    return outputs if with_records else (*outputs, None)
+
+
+def _empty_records(
+    tokens_to_logits: StepFunction, tokens: Array, cache: Any, leading: tuple[int, ...]
+) -> Any:
+    """Zeros of shape leading + leaf.shape[1:] for every leaf of the step function's record (its
+    shapes from tracing one step, `jax.eval_shape`: nothing runs)."""
+    _, _, record = jax.eval_shape(tokens_to_logits, tokens, cache, jnp.int32(0))
+    return jax.tree.map(lambda leaf: jnp.zeros(leading + leaf.shape[1:], leaf.dtype), record)
+
+
+def _where_rows(condition: Array, if_true: Any, if_false: Any) -> Any:
+    """Leaf by leaf, where(condition, ...) with condition [d0, ..., dk] over the leading axes."""
+
+    def select(true_leaf: Array, false_leaf: Array) -> Array:
+        shape = condition.shape + (1,) * (true_leaf.ndim - condition.ndim)
+        return jnp.where(condition.reshape(shape), true_leaf, false_leaf)
+
+    return jax.tree.map(select, if_true, if_false)
+
+
 # ---------------------------------------------------------------------------------------------
 # Greedy search and sampling: one token per row and step
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +106,10 @@ def token_by_token(
     max_length: int,
     length_limits: Array,
     banned_id: int | None = None,
-) -> Array:
-    """The decoding loop of greedy search and sampling: output tokens int32 [batch, max_length].
+    with_records: bool = False,
+) -> Array | tuple[Array, Any]:
+    """The decoding loop of greedy search and sampling: output tokens int32 [batch, max_length]
+    (with records: (tokens, records [batch, max_length, ...]), see the module docstring).
 
     choose_token(logits [batch, vocab], step) -> int32 [batch] picks each row's next token from
     the logits with `banned_id` removed. A finished row is fed and writes `pad_id`.
@@ -77,30 +118,40 @@ def token_by_token(
     outputs = jnp.full((batch, max_length), pad_id, jnp.int32)
     previous = jnp.full((batch,), bos_id, jnp.int32)
     finished = jnp.zeros((batch,), bool)
+    records = None
+    if with_records:
+        records = _empty_records(tokens_to_logits, previous, cache, (batch, max_length))
 
     def not_done(state: tuple[Any, ...]) -> Array:
-        step, _, _, finished, _ = state
+        step, _, _, finished, _, _ = state
         return (step < max_length) & ~jnp.all(finished)
 
     def one_token(state: tuple[Any, ...]) -> tuple[Any, ...]:
-        step, previous, outputs, finished, cache = state
-        logits, cache = tokens_to_logits(previous, cache, step)
+        step, previous, outputs, finished, cache, records = state
+        logits, cache, record = _call_step(tokens_to_logits, previous, cache, step, with_records)
         token = choose_token(ban_token(logits, banned_id), step)
         token = jnp.where(finished, pad_id, token)
         outputs = jax.lax.dynamic_update_index_in_dim(outputs, token, step, axis=1)
+        if with_records:
+            record = _where_rows(finished, jax.tree.map(jnp.zeros_like, record), record)
+            records = jax.tree.map(
+                lambda buffer, row: jax.lax.dynamic_update_index_in_dim(buffer, row, step, 1),
+                records,
+                record,
+            )
         finished = finished | (token == eos_id) | (step + 1 >= length_limits)
-        return step + 1, token, outputs, finished, cache
+        return step + 1, token, outputs, finished, cache, records
 
-    state = (jnp.int32(0), previous, outputs, finished, cache)
-    _, _, outputs, _, _ = jax.lax.while_loop(not_done, one_token, state)
-    return outputs
+    state = (jnp.int32(0), previous, outputs, finished, cache, records)
+    _, _, outputs, _, _, records = jax.lax.while_loop(not_done, one_token, state)
+    return (outputs, records) if with_records else outputs
 
 
 def greedy_search(tokens_to_logits: StepFunction, cache: Any, **loop: Any) -> Array:
     """The most likely token at every step: int32 [batch, max_length].
 
     Keyword arguments as in `token_by_token` (bos_id, eos_id, pad_id, max_length,
-    length_limits, banned_id).
+    length_limits, banned_id, with_records).
     """
 
     def most_likely(logits: Array, step: Array) -> Array:
@@ -231,6 +282,9 @@ class BeamState:
     finished_tokens  [batch, beam, max_length + 1]: hypotheses that ended, best first
     finished_scores  [batch, beam]: their sum log p / lp(length) (-inf: empty slot)
     finished_flags   [batch, beam] bool: the slot holds a finished hypothesis
+    alive_records, finished_records   None, or with records (see the module docstring) each
+                     record leaf [batch, beam, max_length, ...] of the alive and finished
+                     hypotheses: position t holds the record of the step that chose token t
     """
 
     step: Array
@@ -240,6 +294,8 @@ class BeamState:
     finished_tokens: Array
     finished_scores: Array
     finished_flags: Array
+    alive_records: Any = None
+    finished_records: Any = None
 
 
 def _gather_beams(values: Array, beam_indices: Array) -> Array:
@@ -336,8 +392,11 @@ def beam_step(
     """
     batch, beam_size = state.alive_log_probs.shape
     step = state.step
+    with_records = state.alive_records is not None
     previous = jax.lax.dynamic_index_in_dim(state.alive_tokens, step, axis=2, keepdims=False)
-    logits, cache = tokens_to_logits(previous.reshape(-1), state.cache, step)
+    logits, cache, record = _call_step(
+        tokens_to_logits, previous.reshape(-1), state.cache, step, with_records
+    )
     # The 2 * beam best extensions of a sentence are among the 2 * beam best of each of its
     # hypotheses: only those get a log-probability and enter the sentence's top-k.
     log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id)
@@ -373,6 +432,23 @@ def beam_step(
     )
     # A done row keeps what it has (nothing better can come; this also holds under rounding).
     done = beam_done(state, length_limits=length_limits, alpha=alpha, stop=stop)
+    alive_records = finished_records = None
+    if with_records:
+        # An extension's records: its parent's so far, then the parent's record of this step.
+        def extend(buffer: Array, row_record: Array) -> Array:
+            per_beam = row_record.reshape((batch, beam_size) + row_record.shape[1:])
+            return jax.lax.dynamic_update_index_in_dim(
+                _gather_beams(buffer, top_beams), _gather_beams(per_beam, top_beams), step, 2
+            )
+
+        top_records = jax.tree.map(extend, state.alive_records, record)
+        alive_records = jax.tree.map(lambda r: _gather_beams(r, alive_picks), top_records)
+        finished_records = jax.tree.map(
+            lambda old, new: _gather_beams(jnp.concatenate([old, new], axis=1), finished_picks),
+            state.finished_records,
+            top_records,
+        )
+        finished_records = _where_rows(done, state.finished_records, finished_records)
     return BeamState(
         step=step + 1,
         alive_tokens=alive_tokens,
@@ -381,6 +457,8 @@ def beam_step(
         finished_tokens=jnp.where(done[:, None, None], state.finished_tokens, finished_tokens),
         finished_scores=jnp.where(done[:, None], state.finished_scores, finished_scores),
         finished_flags=jnp.where(done[:, None], state.finished_flags, finished_flags),
+        alive_records=alive_records,
+        finished_records=finished_records,
     )
 
 
@@ -398,8 +476,11 @@ def beam_search(
     stop: str = "finished",
     banned_id: int | None = None,
     reorder_cache: Callable[[Any, Array], Any] | None = None,
-) -> tuple[Array, Array]:
-    """Beam search: (tokens int32 [batch, beam_size, max_length], scores float32 [batch, beam]).
+    with_records: bool = False,
+) -> tuple[Array, Array] | tuple[Array, Array, Any]:
+    """Beam search: (tokens int32 [batch, beam_size, max_length], scores float32 [batch, beam]),
+    with records also the records [batch, beam_size, max_length, ...] of each slot's hypothesis
+    (see the module docstring).
 
     `tokens_to_logits` sees batch * beam_size rows, row b * beam_size + k: beam k of sentence
     b. By default `cache` has one row per sentence on every leaf: `beam_init` copies it for
@@ -431,6 +512,13 @@ def beam_search(
         max_length=max_length,
         repeat_cache=reorder_cache is None,
     )
+    if with_records:
+        batch = length_limits.shape[0]
+        first_tokens = state.alive_tokens[:, :, 0].reshape(-1)
+        empty = _empty_records(
+            tokens_to_logits, first_tokens, state.cache, (batch, beam_size, max_length)
+        )
+        state = state.replace(alive_records=empty, finished_records=empty)
     rules = {"length_limits": length_limits, "alpha": alpha, "stop": stop}
     settings = {"eos_id": eos_id, "banned_id": banned_id, "reorder_cache": reorder_cache}
     if reorder_cache is None:
@@ -443,6 +531,8 @@ def beam_search(
         return beam_step(state, tokens_to_logits, **settings, **rules)
 
     state = jax.lax.while_loop(not_done, expand, state)
+    if with_records:
+        return state.finished_tokens[:, :, 1:], state.finished_scores, state.finished_records
     return state.finished_tokens[:, :, 1:], state.finished_scores
 
 

@@ -60,18 +60,22 @@ def layer_norm(x, params, epsilon):
     return (x - mean) / np.sqrt(variance + epsilon) * params["scale"] + params["bias"]
 
 
-def multi_head_attention(params, inputs_q, inputs_kv, mask, num_heads):
+def multi_head_attention(params, inputs_q, inputs_kv, mask, num_heads, weights_out=None):
     """Concat(head_1..head_h) W^O with head_i = Attention(x W_i^Q, m W_i^K, m W_i^V).
 
-    mask: [batch, q_len, k_len] bool.
+    mask: [batch, q_len, k_len] bool. `weights_out`: a list that receives the weights
+    [batch, heads, q_len, k_len].
     """
-    heads = []
+    heads, weights = [], []
     for h in range(num_heads):
         q = inputs_q @ params["query"]["kernel"][:, h, :] + params["query"]["bias"][h]
         k = inputs_kv @ params["key"]["kernel"][:, h, :] + params["key"]["bias"][h]
         v = inputs_kv @ params["value"]["kernel"][:, h, :] + params["value"]["bias"][h]
-        out, _ = attention(q, k, v, mask)
+        out, head_weights = attention(q, k, v, mask)
         heads.append(out)
+        weights.append(head_weights)
+    if weights_out is not None:
+        weights_out.append(np.stack(weights, axis=1))
     concat = np.concatenate(heads, axis=-1)
     w_o = params["output"]["kernel"]
     w_o = w_o.reshape(w_o.shape[0] * w_o.shape[1], w_o.shape[2])
@@ -112,7 +116,7 @@ def encoder_layer(p, x, mask, cfg):
     )
 
 
-def decoder_layer(p, y, encoded, self_mask, cross_mask, cfg):
+def decoder_layer(p, y, encoded, self_mask, cross_mask, cfg, cross_weights_out=None):
     eps, pos = cfg["layer_norm_epsilon"], cfg["norm_position"]
     y = _sublayer(
         y,
@@ -124,7 +128,7 @@ def decoder_layer(p, y, encoded, self_mask, cross_mask, cfg):
     y = _sublayer(
         y,
         lambda h: multi_head_attention(
-            p["cross_attention"], h, encoded, cross_mask, cfg["num_heads"]
+            p["cross_attention"], h, encoded, cross_mask, cfg["num_heads"], cross_weights_out
         ),
         p["cross_attention_norm"],
         pos,
@@ -147,11 +151,13 @@ def _embed(table, tokens, positions_table, cfg, learned=None):
     return x + (learned[:length] if learned is not None else positions_table[:length])
 
 
-def transformer_logits(params, cfg, source, decoder_input):
+def transformer_logits(params, cfg, source, decoder_input, cross_attention=None):
     """Logits [batch, tgt_len, vocab] of the whole model in float64.
 
     cfg: a dict of TransformerConfig fields. Masks are built here from the tokens: encoder keys
     that are not padding; causal decoder self-attention; cross-attention to non-pad source.
+    `cross_attention`: a list that receives each decoder layer's encoder-decoder attention
+    weights [batch, heads, tgt_len, src_len], first layer first.
     """
     p = as64(params)
     source, decoder_input = np.asarray(source), np.asarray(decoder_input)
@@ -192,7 +198,7 @@ def transformer_logits(params, cfg, source, decoder_input):
         dec["position_embedding"]["embedding"] if learned else None,
     )
     for i in range(cfg["num_decoder_layers"]):
-        y = decoder_layer(dec[f"layer_{i}"], y, x, decoder_mask, cross_mask, cfg)
+        y = decoder_layer(dec[f"layer_{i}"], y, x, decoder_mask, cross_mask, cfg, cross_attention)
     if cfg["norm_position"] == "pre":
         y = layer_norm(y, dec["final_norm"], cfg["layer_norm_epsilon"])
     if cfg["tie_output_embedding"]:

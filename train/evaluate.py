@@ -21,11 +21,12 @@ import time
 
 from absl import app, flags, logging
 
-from train import cli, inference_flags
+from train import cli, compilation_cache, inference_flags
 
 _SPLIT = flags.DEFINE_string("split", "test", "validation or test (or the dataset's split name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hypotheses.")
 flags.adopt_module_key_flags(inference_flags)  # list them in --help
+flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache
 flags.adopt_module_key_flags(cli)  # --debug
 
 
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> int:
     tfds.disable_progress_bar()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    compilation_cache.enable_from_flags()
     options = inference_flags.options()
     run = load_run(
         inference_flags.WORKDIR.value,

@@ -1,6 +1,7 @@
 """Evaluation shared by training, `python -m train.evaluate` and `python -m train.translate`.
 
     DecodingOptions     how outputs are searched for (greedy, beam search or sampling)
+    decode_batch        one batch of source ids -> output ids, beam scores, attention
     generate_tokens     one batch of source ids -> output ids
     translate_batches   source batches -> detokenized hypotheses
     score            hypotheses vs references -> corpus BLEU and chrF with sacrebleu (detokenized
@@ -88,6 +89,62 @@ class DecodingOptions:
         return "greedy"
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedBatch:
+    """One batch's outputs, on the host.
+
+    tokens     int32 [batch, length]: each row's output (the best hypothesis of beam search)
+    scores     float32 [batch]: beam search's score of it (sum log p / length penalty); None
+               for greedy decoding and sampling
+    attention  float32 [batch, length, layers', heads', src_len]: the cross-attention that
+               chose each output token (`flax_transformer.decoding`'s `attention`), or None
+    """
+
+    tokens: np.ndarray
+    scores: np.ndarray | None = None
+    attention: np.ndarray | None = None
+
+
+def decode_batch(
+    model_config: TransformerConfig,
+    params: Any,
+    source: np.ndarray,
+    *,
+    bos_id: int,
+    eos_id: int,
+    options: DecodingOptions,
+    batch_index: int = 0,
+    attention: decoding.AttentionSelection | None = None,
+) -> DecodedBatch:
+    """Decode one batch of source ids [batch, src_len] as `options` say. `batch_index` varies
+    the sampling key from batch to batch; `attention` asks for the cross-attention."""
+    common = dict(
+        bos_id=bos_id,
+        eos_id=eos_id,
+        max_length=options.max_length,
+        attention=attention,
+        check_inputs=False,
+    )
+    model = (model_config, params, source)
+    if options.method == "beam":
+        beams = dict(beam_size=options.beam_size, length_penalty=options.length_penalty)
+        tokens, scores, *weights = decoding.beam_search(
+            *model, stop=options.beam_stop, **beams, **common
+        )
+        best = [np.asarray(weights[0][:, 0])] if weights else []
+        return DecodedBatch(np.asarray(tokens[:, 0]), np.asarray(scores[:, 0]), *best)
+    if options.method == "greedy":
+        outputs = decoding.greedy_decode(*model, **common)
+    else:
+        rng = jax.random.fold_in(jax.random.key(options.seed), batch_index)
+        filters = dict(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
+        outputs = decoding.sample_decode(*model, rng, **filters, **common)
+    if attention is None:
+        return DecodedBatch(np.asarray(outputs))
+    tokens, weights = outputs
+    return DecodedBatch(np.asarray(tokens), attention=np.asarray(weights))
+
+
 def generate_tokens(
     model_config: TransformerConfig,
     params: Any,
@@ -100,17 +157,15 @@ def generate_tokens(
 ) -> np.ndarray:
     """Output token ids [batch, length] for one batch of source ids (the best beam for beam
     search). `batch_index` varies the sampling key from batch to batch."""
-    common = dict(bos_id=bos_id, eos_id=eos_id, max_length=options.max_length, check_inputs=False)
-    model = (model_config, params, source)
-    if options.method == "greedy":
-        return np.asarray(decoding.greedy_decode(*model, **common))
-    if options.method == "beam":
-        beams = dict(beam_size=options.beam_size, length_penalty=options.length_penalty)
-        tokens, _ = decoding.beam_search(*model, stop=options.beam_stop, **beams, **common)
-        return np.asarray(tokens[:, 0])
-    rng = jax.random.fold_in(jax.random.key(options.seed), batch_index)
-    filters = dict(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
-    return np.asarray(decoding.sample_decode(*model, rng, **filters, **common))
+    return decode_batch(
+        model_config,
+        params,
+        source,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        options=options,
+        batch_index=batch_index,
+    ).tokens
 
 
 def translate_batches(
@@ -308,6 +363,8 @@ def _model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 __all__ = [
     "DECODING_METHODS",
     "DecodingOptions",
+    "DecodedBatch",
+    "decode_batch",
     "generate_tokens",
     "translate_batches",
     "evaluate",

@@ -24,23 +24,77 @@ ESC, ...: binary data, which SentencePiece would take byte by byte), is longer t
 max_len in tokens, or fails the check of the run's dataset (`Dataset.input_problem`).
 Exit status: 0 when every line was translated, 65 (EX_DATAERR) when lines were skipped (the
 output is complete otherwise), 1 for an error (bad workdir, unreadable input, ...: no output).
+
+Alignments and attention. `--alignments` adds hard word alignments in the Pharaoh format
+("source-target" word indices from 0, as fast_align, fairseq's --print-alignment and Marian's
+--alignment write them) after " ||| " on each line:
+
+    ein Mann fährt Fahrrad . ||| 0-0 1-1 3-2 3-3 4-4
+
+Each target word is linked to the source word it attends to most (`flax_transformer.alignment`)
+in the decoder's encoder-decoder attention with which it was chosen: by default the last
+decoder layer's, averaged over the heads: on the number-words task, whose alignment is known,
+it aligns far better than the first layer (the README has the figures); Garg et al. (2019)
+found the penultimate layer best in 6-layer translation models (--alignment_layer=-2).
+--alignment_layer and --alignment_head choose another (an index, negative from the last, or
+"mean").
+--alignment_units=piece links tokens instead of words (words: SentencePiece pieces merged at
+"▁"; the number-words task's tokens are words). eos and padding are never linked.
+
+`--output_format=jsonl` writes one JSON object per input line instead: {"line", "source",
+"translation", "source_tokens", "tokens", "score" (beam search's, else null), "alignment" (with
+--alignments), "attention" (with --attention=selected or all: {"layers", "heads", "weights"
+[layers][heads][tokens][source_tokens]}, rows and columns those of "tokens" and
+"source_tokens", eos included)}. A skipped line gives {"line", "error"}.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 from absl import app, flags, logging
 
-from train import cli, inference_flags
+from flax_transformer import alignment, checks
+from flax_transformer.decoding import AttentionSelection
+from train import cli, compilation_cache, inference_flags
 
 STATUS_LINES_SKIPPED = 65  # sysexits' EX_DATAERR: the input data was incorrect
 
 _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line ('-': stdin).")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file ('-': stdout).")
+_OUTPUT_FORMAT = flags.DEFINE_enum(
+    "output_format", "text", ["text", "jsonl"], "One translation per line, or one JSON object."
+)
+_ALIGNMENTS = flags.DEFINE_bool(
+    "alignments", False, "Add hard word alignments (Pharaoh format: source-target indices)."
+)
+_ALIGNMENT_UNITS = flags.DEFINE_enum(
+    "alignment_units", "word", ["word", "piece"], "Align words (pieces merged) or tokens."
+)
+_ALIGNMENT_LAYER = flags.DEFINE_string(
+    "alignment_layer",
+    "-1",
+    "Decoder layer whose cross-attention aligns: an index (negative from the last) or 'mean' "
+    "(default: the last; Garg et al. 2019 prefer the penultimate, -2, in 6-layer models).",
+)
+_ALIGNMENT_HEAD = flags.DEFINE_string(
+    "alignment_head", "mean", "Attention head that aligns: an index or 'mean'."
+)
+_ATTENTION = flags.DEFINE_enum(
+    "attention",
+    "none",
+    ["none", "selected", "all"],
+    "With --output_format=jsonl: add the cross-attention matrix of the alignment layer and "
+    "head ('selected') or of every layer and head ('all').",
+)
 flags.adopt_module_key_flags(inference_flags)  # list them in --help
+flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache
 flags.adopt_module_key_flags(cli)  # --debug
 
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
@@ -122,16 +176,41 @@ def run_line_problems(run, vocabulary, lines: Sequence[str]) -> dict[int, str]:
     )
 
 
-def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int) -> list[str]:
-    """Translations of `lines` (whitespace-normalised first), in order; "" for empty lines.
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    """One line's translation.
+
+    source_ids  the source token ids the model read (eos included)
+    ids         the output ids (eos included when the model wrote it)
+    score       beam search's score (sum log p / length penalty); None for greedy and sampling
+    attention   float32 [len(ids), layers', heads', len(source_ids)]: the cross-attention that
+                chose each output token, or None when not asked for
+    """
+
+    text: str
+    source_ids: list[int]
+    ids: list[int]
+    score: float | None = None
+    attention: np.ndarray | None = None
+
+
+def translate_lines_in_detail(
+    run,
+    vocabulary,
+    lines: list[str],
+    options,
+    batch_size: int,
+    *,
+    attention: AttentionSelection | None = None,
+) -> list[Translation]:
+    """`translate_lines` with each line's tokens, score and (with `attention`) cross-attention.
 
     Raises:
-      ValueError: naming the first line that `run_line_problems` refuses (main skips those
-        lines beforehand).
+      ValueError: naming the first line that `run_line_problems` refuses.
     """
     from train.data.parallel_text import normalize_whitespace
     from train.data.run_data import sentence_batches
-    from train.evaluation import translate_batches
+    from train.evaluation import decode_batch
 
     problems = run_line_problems(run, vocabulary, lines)
     if problems:
@@ -141,8 +220,178 @@ def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int)
     batches = sentence_batches(
         texts, vocabulary, batch_size=batch_size, limit=run.model_config.max_len
     )
-    outputs = translate_batches(run.model_config, run.params, batches, vocabulary, options)
-    return [outputs.get(index, "") for index in range(len(lines))]
+    translations = {}
+    for batch_index, batch in enumerate(batches):
+        decoded = decode_batch(
+            run.model_config,
+            run.params,
+            batch["source"],
+            bos_id=vocabulary.bos_id,
+            eos_id=vocabulary.eos_id,
+            options=options,
+            batch_index=batch_index,
+            attention=attention,
+        )
+        for row, index in enumerate(batch["example_index"]):
+            if index < 0:
+                continue
+            source_ids = [int(t) for t in batch["source"][row] if t != vocabulary.pad_id]
+            ids = _output_ids(decoded.tokens[row], vocabulary)
+            weights = None
+            if decoded.attention is not None:
+                weights = decoded.attention[row, : len(ids), ..., : len(source_ids)]
+            translations[int(index)] = Translation(
+                text=vocabulary.decode(ids),
+                source_ids=source_ids,
+                ids=ids,
+                score=None if decoded.scores is None else float(decoded.scores[row]),
+                attention=weights,
+            )
+    empty = Translation(text="", source_ids=[], ids=[])
+    return [translations.get(index, empty) for index in range(len(lines))]
+
+
+def _output_ids(row: np.ndarray, vocabulary) -> list[int]:
+    """An output row up to and including its first eos (the rest is padding)."""
+    ids = [int(t) for t in row]
+    if vocabulary.eos_id in ids:
+        return ids[: ids.index(vocabulary.eos_id) + 1]
+    return [t for t in ids if t != vocabulary.pad_id]
+
+
+def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int) -> list[str]:
+    """Translations of `lines` (whitespace-normalised first), in order; "" for empty lines.
+
+    Raises:
+      ValueError: naming the first line that `run_line_problems` refuses (main skips those
+        lines beforehand).
+    """
+    translations = translate_lines_in_detail(run, vocabulary, lines, options, batch_size)
+    return [translation.text for translation in translations]
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignments and the output formats
+# ---------------------------------------------------------------------------------------------
+ALIGNMENT_UNITS = ("word", "piece")
+ATTENTION_OUTPUTS = ("none", "selected", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentOptions:
+    """What to align and which attention to write (see the module docstring).
+
+    layer: a decoder layer index (negative from the last) or "mean"; head: an index or "mean";
+    units: "word" or "piece"; attention: the matrix a JSON line carries, "none", "selected"
+    (the layer and head that align) or "all".
+    """
+
+    layer: int | str = -1
+    head: int | str = "mean"
+    units: str = "word"
+    attention: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "head"):
+            value = getattr(self, name)
+            if not (checks.is_int(value) or value == "mean"):
+                raise ValueError(f"alignment {name} must be an index or 'mean', got {value!r}")
+        if self.units not in ALIGNMENT_UNITS:
+            raise ValueError(
+                f"alignment units must be one of {list(ALIGNMENT_UNITS)}, got {self.units!r}"
+            )
+        if self.attention not in ATTENTION_OUTPUTS:
+            raise ValueError(
+                f"attention must be one of {list(ATTENTION_OUTPUTS)}, got {self.attention!r}"
+            )
+
+    def selection(self, config) -> AttentionSelection:
+        """The attention that aligns, checked against the model."""
+        return AttentionSelection(layer=self.layer, head=self.head).resolved(config)
+
+    def decoded_selection(self, config) -> AttentionSelection:
+        """The attention to decode with: everything for attention="all", else the aligning."""
+        if self.attention == "all":
+            return AttentionSelection(layer="all", head="all")
+        return self.selection(config)
+
+
+def parse_index_or_mean(value: str, name: str) -> int | str:
+    """A flag's value as an index or "mean"."""
+    if value == "mean":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--{name} must be an index or 'mean', got {value!r}") from None
+
+
+def alignment_links(
+    translation: Translation, vocabulary, config, options: AlignmentOptions
+) -> list[tuple[int, int]]:
+    """The translation's hard alignment (source, target) in `options.units` (it must have
+    been decoded with `options.decoded_selection`)."""
+    if not translation.ids:
+        return []
+    weights = np.asarray(translation.attention)
+    if options.attention == "all":
+        weights = np.asarray(options.selection(config).select(weights))
+    weights = weights[:, 0, 0, :]  # one layer (or their mean), one head (or their mean)
+    source_words = vocabulary.word_indices(translation.source_ids)
+    target_words = vocabulary.word_indices(translation.ids)
+    if options.units == "piece":
+        source_words = [i if w >= 0 else -1 for i, w in enumerate(source_words)]
+        target_words = [i if w >= 0 else -1 for i, w in enumerate(target_words)]
+    return alignment.hard_alignment(weights, source_words, target_words)
+
+
+def text_line(translation: Translation, links: list[tuple[int, int]] | None) -> str:
+    """The text output format: the translation, then " ||| " and the links (Marian's layout)."""
+    if links is None:
+        return translation.text
+    return f"{translation.text} ||| {alignment.pharaoh(links)}"
+
+
+def json_line(
+    number: int,
+    source: str,
+    translation: Translation,
+    vocabulary,
+    config,
+    links: list[tuple[int, int]] | None,
+    options: AlignmentOptions | None,
+) -> dict[str, Any]:
+    """The JSON object of one translated line (see the module docstring)."""
+    record: dict[str, Any] = {
+        "line": number,
+        "source": source,
+        "translation": translation.text,
+        "source_tokens": vocabulary.pieces(translation.source_ids),
+        "tokens": vocabulary.pieces(translation.ids),
+        "score": translation.score,
+    }
+    if links is not None:
+        record["alignment"] = alignment.pharaoh(links)
+    if options is not None and options.attention != "none" and translation.ids:
+        weights = np.asarray(translation.attention)
+        selection = AttentionSelection(layer="all", head="all")
+        if options.attention == "selected":
+            selection = options.selection(config)
+        layers = _selected_indices(selection.layer, config.num_decoder_layers)
+        heads = _selected_indices(selection.head, config.num_heads)
+        record["attention"] = {
+            "layers": layers,
+            "heads": heads,
+            # [tokens, layers, heads, source] -> [layers][heads][tokens][source]
+            "weights": np.round(weights.transpose(1, 2, 0, 3), 6).tolist(),
+        }
+    return record
+
+
+def _selected_indices(choice: int | str, size: int) -> list[int] | str:
+    if choice == "all":
+        return list(range(size))
+    return "mean" if choice == "mean" else [int(choice)]
 
 
 def _write_all(stream, data: bytes) -> None:
@@ -166,20 +415,56 @@ def main(argv: list[str]) -> int:
         with open(_INPUT.value, "rb") as file:
             data = file.read()
     lines, problems = decode_lines(data)  # before loading the run: reading is quick
+    alignment_options = None
+    if _ALIGNMENTS.value or _ATTENTION.value != "none":
+        if _ATTENTION.value != "none" and _OUTPUT_FORMAT.value != "jsonl":
+            raise ValueError("--attention needs --output_format=jsonl")
+        alignment_options = AlignmentOptions(
+            layer=parse_index_or_mean(_ALIGNMENT_LAYER.value, "alignment_layer"),
+            head=parse_index_or_mean(_ALIGNMENT_HEAD.value, "alignment_head"),
+            units=_ALIGNMENT_UNITS.value,
+            attention=_ATTENTION.value,
+        )
+    compilation_cache.enable_from_flags()
     run = load_run(
         inference_flags.WORKDIR.value,
         step=inference_flags.STEP.value,
         average_last=inference_flags.AVERAGE_LAST.value,
     )
+    config = run.model_config
+    selection = None
+    if alignment_options is not None:
+        alignment_options.selection(config)  # a bad layer or head fails before decoding
+        selection = alignment_options.decoded_selection(config)
     vocabulary = run.workdir.vocabulary(run.config)
     problems.update(run_line_problems(run, vocabulary, lines))
     for index in sorted(problems):
         print(f"line {index + 1}: {problems[index]}; skipped", file=sys.stderr)
     valid = ["" if index in problems else line for index, line in enumerate(lines)]
-    translations = translate_lines(
-        run, vocabulary, valid, inference_flags.options(), inference_flags.BATCH_SIZE.value
+    translations = translate_lines_in_detail(
+        run,
+        vocabulary,
+        valid,
+        inference_flags.options(),
+        inference_flags.BATCH_SIZE.value,
+        attention=selection,
     )
-    text = "".join(f"{line}\n" for line in translations).encode("utf-8")
+    output_lines = []
+    for index, translation in enumerate(translations):
+        links = None
+        if _ALIGNMENTS.value and index not in problems:
+            links = alignment_links(translation, vocabulary, config, alignment_options)
+        if _OUTPUT_FORMAT.value == "text":
+            output_lines.append("" if index in problems else text_line(translation, links))
+            continue
+        if index in problems:
+            record = {"line": index + 1, "error": problems[index]}
+        else:
+            record = json_line(
+                index + 1, lines[index], translation, vocabulary, config, links, alignment_options
+            )
+        output_lines.append(json.dumps(record, ensure_ascii=False))
+    text = "".join(f"{line}\n" for line in output_lines).encode("utf-8")
     if _OUTPUT.value == "-":
         _write_all(sys.stdout.buffer, text)
         sys.stdout.buffer.flush()

@@ -8,6 +8,7 @@ an untrained tiny number-words model, written in a second instead of trained.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -166,3 +167,81 @@ def test_translate_applies_the_dataset_s_check_and_the_length_limit(
         "2 of 4 lines skipped",
     ]
     assert len(done.stdout.decode("utf-8").split("\n")) == 5  # four lines and the last newline
+
+
+def test_translate_writes_json_lines_with_errors_for_skipped_lines(untrained_workdir) -> None:
+    flags = (f"--workdir={untrained_workdir}", "--decoding=greedy", "--output_format=jsonl")
+    done = run_module("train.translate", *flags, "--alignments", stdin=b"123\n\xff\n\n45\n")
+    assert done.returncode == 65, done.stderr
+    records = [json.loads(line) for line in done.stdout.decode("utf-8").splitlines()]
+    assert [record["line"] for record in records] == [1, 2, 3, 4]
+    assert records[1] == {"line": 2, "error": "not UTF-8 (byte 1 is 0xff: invalid start byte)"}
+    assert records[2]["translation"] == "" and records[2]["tokens"] == []
+    for record in (records[0], records[3]):
+        assert record["source_tokens"] == [*record["source"], "</s>"]  # digits, then eos
+        assert record["score"] is None  # greedy decoding has no beam score
+        # Every link is (source digit, target word) within the sentence, one per target word.
+        links = [tuple(map(int, link.split("-"))) for link in record["alignment"].split()]
+        words = [t for t in record["tokens"] if t not in ("<s>", "</s>", "<pad>")]
+        assert sorted(t for _, t in links) == list(range(len(words)))
+        assert all(0 <= s < len(record["source"]) for s, _ in links)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--alignments", "--alignment_layer=1"], "attention layer 1 is out of range: the model"),
+        (["--alignments", "--alignment_head=first"], "--alignment_head must be an index or 'mean'"),
+        (["--attention=all"], "--attention needs --output_format=jsonl"),
+    ],
+)
+def test_bad_alignment_flags_are_one_line(untrained_workdir, args, message) -> None:
+    done = run_module("train.translate", f"--workdir={untrained_workdir}", *args, stdin=b"12\n")
+    assert_one_line_error(done, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up without recompiling: JAX's persistent compilation cache
+# ---------------------------------------------------------------------------------------------
+COUNT_CACHE_EVENTS = (
+    "import collections, json, runpy, sys\n"
+    "import jax.monitoring\n"
+    "counts = collections.Counter()\n"
+    "def listen(event, **kwargs):\n"
+    "    if event.startswith('/jax/compilation_cache/cache_'):\n"
+    "        counts[event.rsplit('/', 1)[1]] += 1\n"
+    "jax.monitoring.register_event_listener(listen)\n"
+    "sys.argv = ['translate', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('train.translate', run_name='__main__')\n"
+    "finally:\n"
+    "    print(json.dumps(counts), file=sys.stderr)\n"
+)
+
+
+def translate_counting_cache_events(*args: str) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", COUNT_CACHE_EVENTS, *args],
+        input=b"123\n45\n",
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, stderr
+    return json.loads(stderr.splitlines()[-1])
+
+
+def test_a_second_translate_loads_its_programs_from_the_cache(untrained_workdir, tmp_path):
+    cache = tmp_path / "cache"
+    args = (f"--workdir={untrained_workdir}", f"--compilation_cache={cache}", "--beam_size=2")
+    first = translate_counting_cache_events(*args)
+    assert first.get("cache_misses", 0) > 0 and first.get("cache_hits", 0) == 0, first
+    assert any(cache.iterdir())
+    second = translate_counting_cache_events(*args)
+    assert second.get("cache_hits", 0) == first["cache_misses"], (first, second)
+    assert second.get("cache_misses", 0) == 0, second
+    off = translate_counting_cache_events(
+        f"--workdir={untrained_workdir}", "--compilation_cache=", "--beam_size=2"
+    )
+    assert off.get("cache_hits", 0) == off.get("cache_misses", 0) == 0, off

@@ -247,3 +247,50 @@ def test_tokenizer_subset_reads_only_an_evenly_spread_subset(tmp_path: Path) -> 
     assert vocabulary.vocab_size == 320 and (tmp_path / TOKENIZER_FILE).exists()
     assert len(source.read) == 100 and source.read[0] == 0 and source.read[-1] == 399
     assert sorted(set(source.read)) == source.read  # each read once, in order
+
+
+def test_translate_prints_word_alignments_and_attention(trained) -> None:
+    """Text output: "translation ||| s-t ..." with word indices. JSON lines: the tokens, the
+    beam score, every layer's and head's attention, and an alignment that is the argmax of the
+    heads' mean over each target word's pieces, summed over each source word's pieces."""
+    from flax_transformer.alignment import hard_alignment
+    from train.data.vocabulary import SentencePieceVocabulary
+
+    _, workdir, _ = trained
+    text = "A man is riding a bike.\nTwo dogs play in the snow.\n"
+    done = run_module("train.translate", f"--workdir={workdir}", "--alignments", stdin=text)
+    assert done.returncode == 0, done.stderr
+    plain = run_module("train.translate", f"--workdir={workdir}", stdin=text)
+    lines = done.stdout.splitlines()
+    assert [line.split(" ||| ")[0] for line in lines] == plain.stdout.splitlines()
+    jsonl = run_module(
+        "train.translate",
+        f"--workdir={workdir}",
+        "--alignments",
+        "--output_format=jsonl",
+        "--attention=all",
+        stdin=text,
+    )
+    assert jsonl.returncode == 0, jsonl.stderr
+    vocabulary = SentencePieceVocabulary.from_file(workdir / TOKENIZER_FILE)
+    for line, record in zip(lines, map(json.loads, jsonl.stdout.splitlines()), strict=True):
+        translation, links = line.split(" ||| ")
+        assert record["translation"] == translation and record["alignment"] == links
+        assert isinstance(record["score"], float)
+        source_ids = [*vocabulary.encode(record["source"]), vocabulary.eos_id]
+        assert record["source_tokens"] == vocabulary.pieces(source_ids)
+        weights = np.array(record["attention"]["weights"])  # [layers, heads, tokens, source]
+        assert record["attention"]["layers"] == [0] and record["attention"]["heads"] == [0, 1]
+        assert weights.shape == (1, 2, len(record["tokens"]), len(record["source_tokens"]))
+        np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-4)
+        ids = vocabulary.encode(translation) if record["tokens"] else []
+        target_ids = [vocabulary._processor.piece_to_id(p) for p in record["tokens"]]
+        assert vocabulary.decode(target_ids) == translation, ids
+        expected = hard_alignment(
+            weights[0].mean(axis=0),
+            vocabulary.word_indices(source_ids),
+            vocabulary.word_indices(target_ids),
+        )
+        assert links == " ".join(f"{s}-{t}" for s, t in expected)
+        target_words = max(vocabulary.word_indices(target_ids), default=-1) + 1
+        assert [t for _, t in expected] == list(range(target_words))

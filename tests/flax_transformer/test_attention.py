@@ -88,11 +88,14 @@ def test_cached_attention_with_transposed_keys_matches_numpy(rng):
     q, k, v = _qkv(rng, (2, 4))
     mask = rng.random((2, 1, 5, 7)) < 0.6
     mask[1, 0, 3] = False
-    out = cached_dot_product_attention(q, np.swapaxes(k, -1, -2), v, jnp.asarray(mask))
-    ref_out, _ = np_attention(q, k, v, mask)
+    out, weights = cached_dot_product_attention(q, np.swapaxes(k, -1, -2), v, jnp.asarray(mask))
+    ref_out, ref_weights = np_attention(q, k, v, mask)
     assert out.shape == (2, 4, 5, 6)
+    assert weights.shape == (2, 4, 5, 7) and weights.dtype == jnp.float32
     _assert_close(out, ref_out)
+    _assert_close(weights, ref_weights)
     assert np.all(np.asarray(out)[1, :, 3] == 0.0)
+    assert np.all(np.asarray(weights)[1, :, 3] == 0.0)
 
 
 def test_vmapped_single_head_equals_per_head_loop_and_fused(rng):

@@ -5,6 +5,7 @@ filters. (The searches themselves, on a toy step function: test_search.py.)"""
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import flax_transformer as ft
 from flax_transformer import masks
 from flax_transformer.decoding import (
+    AttentionSelection,
     banned_id,
     beam_search,
     cached_step,
@@ -604,3 +606,141 @@ def test_source_tokens_and_cache_length_are_checked(params) -> None:
         beam_search(CONFIG, params, np.array([3, 4]), bos_id=BOS, eos_id=EOS, check_inputs=False)
     with pytest.raises(ValueError, match=r"length must be an int in \[1, config.max_len=64\]"):
         init_cache(CONFIG, params, GOOD_SOURCE, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention output
+# ---------------------------------------------------------------------------------------------
+ATTENTION_CONFIG = CONFIG.replace(num_decoder_layers=2)
+ALL = AttentionSelection(layer="all", head="all")
+
+
+@pytest.fixture(scope="module")
+def attention_params():
+    params = jax.tree.map(np.array, ft.init_params(ATTENTION_CONFIG, jax.random.key(8)))
+    params["shared_embedding"]["embedding"][EOS] *= 2.5  # rows end at different steps
+    return params
+
+
+def numpy_cross_attention(params, source_row, tokens: list[int]) -> np.ndarray:
+    """Every decoder layer's cross-attention [len(tokens), layers, heads, src_len] in float64
+    (the independent NumPy Transformer, teacher-forced on `tokens`)."""
+    weights: list[np.ndarray] = []
+    decoder_input = np.array([[BOS] + tokens[:-1]])
+    transformer_logits(params, ATTENTION_CONFIG.to_dict(), source_row[None], decoder_input, weights)
+    return np.stack(weights, axis=1)[0].transpose(2, 0, 1, 3)  # [tgt, layers, heads, src]
+
+
+def assert_attention_of_hypothesis(attention, params, source_row, row, limit) -> None:
+    """The decoder's attention for one output row: the NumPy forward pass's on its tokens at
+    each of its positions, zeros after its end."""
+    tokens = hypothesis(row, limit)
+    expected = numpy_cross_attention(params, source_row, tokens)
+    np.testing.assert_allclose(attention[: len(tokens)], expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(attention[len(tokens) :]) == 0.0)
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+@pytest.mark.parametrize("decoder", ["cached", "uncached"])
+def test_greedy_attention_is_the_forward_pass_attention_on_the_output(
+    attention_params, source, scanned, decoder
+) -> None:
+    """Cached and uncached greedy decoding return, for every output token, the cross-attention
+    of the full forward pass over the chosen tokens (every layer and head); padding columns 0."""
+    config, params = ATTENTION_CONFIG.replace(scan_layers=scanned), attention_params
+    if scanned:
+        params = ft.model.stack_layer_params(params)
+    decode = greedy_decode if decoder == "cached" else greedy_decode_uncached
+    args = dict(bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH, attention=ALL)
+    tokens, attention = decode(config, params, source, **args)
+    assert attention.shape == (len(source), MAX_LENGTH, 2, CONFIG.num_heads, source.shape[1])
+    np.testing.assert_array_equal(
+        tokens, decode(config, params, source, **{**args, "attention": None})
+    )
+    lengths = [len(hypothesis(row, MAX_LENGTH)) for row in np.asarray(tokens)]
+    assert min(lengths) < MAX_LENGTH  # some rows end early: the zeros after the end are tested
+    for b, row in enumerate(np.asarray(tokens)):
+        assert_attention_of_hypothesis(attention[b], attention_params, source[b], row, MAX_LENGTH)
+
+
+def test_attention_columns_of_source_padding_are_zero(attention_params, source) -> None:
+    _, attention = greedy_decode(
+        ATTENTION_CONFIG,
+        attention_params,
+        source,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_length=MAX_LENGTH,
+        attention=ALL,
+    )
+    padding = np.asarray(source) == CONFIG.pad_id  # [batch, src_len]
+    assert padding.any()
+    assert np.all(np.asarray(attention).transpose(0, 4, 1, 2, 3)[padding] == 0.0)
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_beam_attention_follows_each_hypothesis(attention_params, source, scanned) -> None:
+    """Every finished hypothesis of beam search comes with the attention of the forward pass
+    over its own tokens: rows reordered between steps carry their hypothesis's attention."""
+    config, params = ATTENTION_CONFIG.replace(scan_layers=scanned), attention_params
+    if scanned:
+        params = ft.model.stack_layer_params(params)
+    args = dict(bos_id=BOS, eos_id=EOS, beam_size=3, max_length=MAX_LENGTH)
+    tokens, scores, attention = beam_search(config, params, source, **args, attention=ALL)
+    plain_tokens, plain_scores = beam_search(config, params, source, **args)
+    np.testing.assert_array_equal(tokens, plain_tokens)
+    np.testing.assert_array_equal(scores, plain_scores)
+    assert attention.shape == (len(source), 3, MAX_LENGTH, 2, CONFIG.num_heads, source.shape[1])
+    # The beams of a sentence differ in their tokens before their last one: what they attended
+    # with differs too, so a hypothesis carrying another's attention would fail below.
+    for b in range(len(source)):
+        for k in range(3):
+            assert np.isfinite(scores[b, k])
+            assert_attention_of_hypothesis(
+                attention[b, k], attention_params, source[b], np.asarray(tokens[b, k]), MAX_LENGTH
+            )
+
+
+def test_attention_selection_picks_layers_and_heads(attention_params, source) -> None:
+    """Indices (negative from the end) pick a layer or head, "mean" averages, "all" keeps; the
+    selection is the same slice or mean of the full weights."""
+    args = dict(bos_id=BOS, eos_id=EOS, max_length=MAX_LENGTH)
+    _, full = greedy_decode(ATTENTION_CONFIG, attention_params, source, **args, attention=ALL)
+    full = np.asarray(full)
+    cases = {
+        AttentionSelection(layer=-1, head="mean"): full[:, :, 1:].mean(axis=3, keepdims=True),
+        AttentionSelection(layer=0, head=1): full[:, :, :1, 1:2],
+        AttentionSelection(layer="mean", head="all"): full.mean(axis=2, keepdims=True),
+        AttentionSelection(layer="all", head=-1): full[:, :, :, -1:],
+    }
+    for selection, expected in cases.items():
+        _, attention = greedy_decode(
+            ATTENTION_CONFIG, attention_params, source, **args, attention=selection
+        )
+        np.testing.assert_allclose(attention, expected, rtol=1e-6, atol=1e-7)
+    # Each selected row is a distribution over the source (or all zero after the row's end).
+    _, mean = greedy_decode(
+        ATTENTION_CONFIG, attention_params, source, **args, attention=AttentionSelection()
+    )
+    sums = np.asarray(mean).sum(axis=-1)
+    assert np.all(np.isclose(sums, 1.0, atol=1e-5) | (sums == 0.0))
+
+
+@pytest.mark.parametrize(
+    "selection, message",
+    [
+        (dict(layer=2), "attention layer 2 is out of range: the model has 2 decoder layers"),
+        (dict(head=-5), f"attention head -5 is out of range: the model has {CONFIG.num_heads}"),
+        (dict(head="max"), "attention head must be an index or one of ['mean', 'all']"),
+    ],
+)
+def test_bad_attention_selections_are_refused(attention_params, source, selection, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        greedy_decode(
+            ATTENTION_CONFIG,
+            attention_params,
+            source,
+            bos_id=BOS,
+            eos_id=EOS,
+            attention=AttentionSelection(**selection),
+        )

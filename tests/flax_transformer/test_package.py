@@ -107,6 +107,7 @@ STACK = [
     "checks",
     "model",
     "decoding",
+    "alignment",
     "training",
     "parallel",
     "interop.marian",

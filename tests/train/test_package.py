@@ -31,6 +31,7 @@ LAYERS = [
     "evaluation",
     "setup",
     "loop",
+    "compilation_cache",
     "inference_flags",
     "cli",
     "convert_marian",

@@ -441,11 +441,16 @@ def evaluation_batches(
     bucket_lengths: Sequence[int],
     pad_id: int,
     bos_id: int,
+    fit_last_batch: bool = False,
 ) -> list[Batch]:
     """Every pair of `split` once, sorted by length into batches of `batch_size` rows padded to a
     bucket length (decoding stops when a batch's longest output ends, so similar lengths decode
     faster; and there is one compilation per bucket). Each batch has "example_index" [rows]: the
     pair's index in the original data source, -1 for filler rows ("example_mask" 0).
+
+    `fit_last_batch`: the last batch has only the smallest power of two of rows (at most
+    `batch_size`) that holds its pairs, so that translating one sentence decodes one row, not
+    `batch_size` (at the cost of one compilation per such row count).
     """
     bucket_lengths = sorted(set(bucket_lengths))
     longest = split.lengths.max(axis=1)
@@ -459,7 +464,10 @@ def evaluation_batches(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         length = bucket_lengths[bisect.bisect_left(bucket_lengths, int(longest[chunk].max()))]
-        batch = unpacked_batch(split, chunk, batch_size, length, pad_id, bos_id)
+        rows = batch_size
+        if fit_last_batch and start + batch_size >= len(order):
+            rows = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+        batch = unpacked_batch(split, chunk, rows, length, pad_id, bos_id)
         batches.append(_indexed(batch, split, chunk))
     return batches
 

@@ -287,7 +287,9 @@ def sentence_batches(
     lines: Sequence[str], vocabulary: Vocabulary, *, batch_size: int, limit: int
 ) -> list[dict[str, np.ndarray]]:
     """Source sentences to translate -> evaluation batches ("example_index" = line number from
-    0); empty lines are left out. Raises ValueError for a line longer than `limit` tokens."""
+    0); empty lines are left out; the last batch has as few rows as a power of two allows
+    (`evaluation_batches`' fit_last_batch). Raises ValueError for a line longer than `limit`
+    tokens."""
     sources, kept = [], []
     for number, line in enumerate(lines, start=1):
         if not line:
@@ -310,4 +312,5 @@ def sentence_batches(
         bucket_lengths=eval_bucket_lengths(limit),
         pad_id=vocabulary.pad_id,
         bos_id=vocabulary.bos_id,
+        fit_last_batch=True,
     )

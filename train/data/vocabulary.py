@@ -7,7 +7,9 @@
 
 Each offers `Vocabulary`: special ids, `vocab_size`, `encode` (source text), `encode_target`
 (target text: the same as `encode` except for Marian, whose languages have separate
-SentencePiece models) and `decode` (target ids -> text). `bos_id` is the decoder's start token.
+SentencePiece models), `decode` (target ids -> text), `pieces` (ids -> token strings) and
+`word_indices` (ids -> the word each token belongs to, for word alignments). `bos_id` is the
+decoder's start token.
 `vocabulary_identity` names what decides the ids: runs store it to refuse another tokenizer.
 """
 
@@ -55,6 +57,34 @@ class Vocabulary(Protocol):
     def decode(self, ids: Iterable[int]) -> str:
         """Target ids -> text: special tokens dropped, stopping at eos."""
         ...
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The token string of each id (special ones by name: "</s>")."""
+        ...
+
+    def word_indices(self, ids: Iterable[int]) -> list[int]:
+        """For each id, the index (from 0) of the word its token belongs to; -1 for a token of
+        no word (pad, bos, eos, a language code). See `flax_transformer.alignment`."""
+        ...
+
+
+WORD_START = "\u2581"  # SentencePiece's "▁": the piece starts a new word (a space before it)
+
+
+def piece_word_indices(pieces: Sequence[str], no_word: Iterable[bool]) -> list[int]:
+    """Word index of each SentencePiece piece: a word starts at a piece beginning with "▁" (and
+    at the first piece); pieces flagged in `no_word` get -1 and end the word before them."""
+    indices, word, previous_was_word = [], -1, False
+    for piece, skip in zip(pieces, no_word, strict=True):
+        if skip:
+            indices.append(-1)
+            previous_was_word = False
+            continue
+        if not previous_was_word or piece.startswith(WORD_START):
+            word += 1
+        indices.append(word)
+        previous_was_word = True
+    return indices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +154,20 @@ class WordVocabulary:
             glue = "" if not text or (text[-1].isdigit() and piece.isdigit()) else " "
             text += glue + piece
         return text
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The token of each id ("<unk>" outside the vocabulary)."""
+        return [self.tokens[i] if 0 <= i < self.vocab_size else "<unk>" for i in map(int, ids)]
+
+    def word_indices(self, ids: Iterable[int]) -> list[int]:
+        """Every token is its own word (each digit too: its place decides the words it
+        becomes); pad, bos and eos are none (-1)."""
+        specials = (self.pad_id, self.bos_id, self.eos_id)
+        indices, word = [], 0
+        for token_id in map(int, ids):
+            indices.append(-1 if token_id in specials else word)
+            word += token_id not in specials
+        return indices
 
     def __repr__(self) -> str:
         return f"WordVocabulary(vocab_size={self.vocab_size})"
@@ -230,6 +274,17 @@ class SentencePieceVocabulary:
     def id_to_piece(self, token_id: int) -> str:
         """The piece of `token_id`, e.g. "▁the" (▁ marks a preceding space) or "<0xC3>"."""
         return self._processor.id_to_piece(int(token_id))
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The piece of each id (ids outside the vocabulary read as unk's)."""
+        size = self.vocab_size
+        return [self.id_to_piece(i if 0 <= i < size else self.unk_id) for i in map(int, ids)]
+
+    def word_indices(self, ids: Iterable[int]) -> list[int]:
+        """Words start at pieces beginning with "▁"; pad, bos and eos belong to none."""
+        ids = [int(i) for i in ids]
+        specials = (self.pad_id, self.bos_id, self.eos_id)
+        return piece_word_indices(self.pieces(ids), [i in specials for i in ids])
 
     # --- Python protocols ---------------------------------------------------------------------
 
@@ -348,6 +403,20 @@ class MarianVocabulary:
             if int(i) not in self.special_ids
         ]
         return self.target_model.decode_pieces(pieces).replace("\u2581", " ").strip()
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The vocab.json piece of each id ("<unk>" for an id it lacks)."""
+        return [self.decoder.get(int(i), "<unk>") for i in ids]
+
+    def word_indices(self, ids: Iterable[int]) -> list[int]:
+        """Words start at pieces beginning with "▁"; pad, eos and a language code such as
+        ">>fra<<" belong to none."""
+        pieces = self.pieces(ids)
+        no_word = [
+            piece in ("</s>", "<pad>") or _LANGUAGE_CODE.fullmatch(piece) is not None
+            for piece in pieces
+        ]
+        return piece_word_indices(pieces, no_word)
 
     def __repr__(self) -> str:
         return (

@@ -317,6 +317,19 @@ def test_evaluation_batches_cover_the_split_in_length_order() -> None:
                 assert batch["source"][row, : len(source)].tolist() == source.tolist()
 
 
+@pytest.mark.parametrize("pairs, rows", [(50, [16, 16, 16, 2]), (1, [1]), (3, [4]), (16, [16])])
+def test_a_fitted_last_batch_has_the_fewest_power_of_two_rows(pairs, rows) -> None:
+    """Translating a few sentences decodes a few rows: 50 pairs in batches of 16 are 16, 16, 16
+    and 2 rows (2 pairs left); 3 pairs fit in 4 rows."""
+    split = random_split(np.random.default_rng(4), pairs)
+    batches = batching.evaluation_batches(
+        split, batch_size=16, bucket_lengths=(32,), pad_id=PAD, bos_id=BOS, fit_last_batch=True
+    )
+    assert [len(batch["source"]) for batch in batches] == rows
+    indices = np.concatenate([b["example_index"] for b in batches])
+    assert sorted(indices[indices >= 0].tolist()) == list(range(pairs))
+
+
 def test_bad_arguments_are_named() -> None:
     split = random_split(np.random.default_rng(5), 10, max_len=30)
     common = dict(pad_id=PAD, bos_id=BOS, seed=0)

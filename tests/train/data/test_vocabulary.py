@@ -21,6 +21,7 @@ from train.data.vocabulary import (
     SentencePieceVocabulary,
     Vocabulary,
     WordVocabulary,
+    piece_word_indices,
 )
 
 TEXTS = [f"{a} {b} {c}" for a in ("the", "a", "one") for b in ("dog", "cat") for c in "xyz"] * 4
@@ -65,6 +66,46 @@ def test_decode_stops_at_eos_and_drops_special_ids(vocabularies) -> None:
             assert vocabulary.decode([vocabulary.pad_id, *ids, vocabulary.eos_id]) == expected
         else:
             assert vocabulary.decode(specials) == expected, name
+
+
+def test_pieces_and_word_indices(vocabularies) -> None:
+    """Token strings of ids, and the word each token belongs to: SentencePiece words start at
+    "▁"; number words' tokens are words; special tokens belong to none."""
+    words = vocabularies["words"]
+    ids = [*words.encode("40712"), words.eos_id]
+    assert words.pieces(ids) == ["4", "0", "7", "1", "2", "</s>"]
+    assert words.word_indices([words.bos_id, *ids]) == [-1, 0, 1, 2, 3, 4, -1]
+    for name in ("sentencepiece", "marian"):
+        vocabulary = vocabularies[name]
+        ids = [*vocabulary.encode("the dog x"), vocabulary.eos_id]
+        pieces = vocabulary.pieces(ids)
+        assert pieces[-1] == "</s>"
+        assert "".join(pieces[:-1]).replace("\u2581", " ").strip() == "the dog x", name
+        # A new word at each "▁" piece (and the first), numbered 0, 1, 2; eos none.
+        expected, word = [], -1
+        for i, piece in enumerate(pieces[:-1]):
+            word += i == 0 or piece.startswith("\u2581")
+            expected.append(word)
+        assert vocabulary.word_indices(ids) == [*expected, -1], (name, pieces)
+        assert max(expected) == 2, (name, pieces)
+
+
+def test_piece_word_indices_by_hand() -> None:
+    pieces = ["\u2581Ein", "\u2581Hund", "e", "<x>", "n", "\u2581.", "</s>"]
+    no_word = [False, False, False, True, False, False, True]
+    # A token of no word ends the word before it: "n" after "<x>" starts a new one.
+    assert piece_word_indices(pieces, no_word) == [0, 1, 1, -1, 2, 3, -1]
+
+
+def test_marian_word_indices_skip_language_codes(vocabularies) -> None:
+    marian = vocabularies["marian"]
+    state = marian.__getstate__()
+    with_code = MarianVocabulary(
+        state["source_spm"], state["target_spm"], {**state["vocab"], ">>deu<<": marian.vocab_size}
+    )
+    ids = [with_code.encoder[">>deu<<"], *with_code.encode("the dog"), with_code.eos_id]
+    assert with_code.word_indices(ids)[0] == -1 and with_code.word_indices(ids)[-1] == -1
+    assert with_code.word_indices(ids)[1] == 0
 
 
 def test_marian_starts_decoding_from_the_pad_id(vocabularies) -> None:
