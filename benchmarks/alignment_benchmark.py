@@ -1,6 +1,6 @@
 """How well each decoder layer's and head's cross-attention aligns, on a run of the built-in
 number-words task (whose alignment is known by construction: the oracle of
-tests/end_to_end/test_alignments.py). Prints precision, recall and alignment error rate (Och
+tests/number_words_oracle.py). Prints precision, recall and alignment error rate (Och
 and Ney, 2003) of the hard alignments (`flax_transformer.alignment.hard_alignment`) for every
 layer, the mean of the layers, and every head and the heads' mean, over greedy outputs that are
 right (a wrong output has no oracle alignment). Asserts nothing.
@@ -23,7 +23,7 @@ def main() -> None:
     import flax_transformer as ft
     from flax_transformer.alignment import alignment_scores, hard_alignment
     from flax_transformer.decoding import AttentionSelection
-    from tests.end_to_end.test_alignments import oracle, random_numbers
+    from tests.number_words_oracle import oracle, random_numbers
     from train.workdir import load_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

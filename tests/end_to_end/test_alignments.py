@@ -1,6 +1,7 @@
 """Word alignments of a model trained on the number-words task, against the alignment the task
 has by construction: each word of "forty thousand seven hundred twelve" comes from known digits
-of "40712" (the oracle is written out below, independently of `number_to_words`).
+of "40712" (the oracle, tests/number_words_oracle.py, is written independently of
+`number_to_words`; the first test checks that the two spell every number alike).
 
 A 2+2-layer model trains in-process for a few hundred steps on numbers below 10^6; its greedy
 and beam outputs are mostly right, and the decoder's cross-attention then points at the digits
@@ -20,6 +21,7 @@ import pytest
 import flax_transformer as ft
 from flax_transformer.alignment import alignment_scores, hard_alignment
 from flax_transformer.decoding import AttentionSelection
+from tests.number_words_oracle import oracle, random_numbers
 from train.data.numbers import number_to_words, number_words_vocabulary
 
 VOCABULARY = number_words_vocabulary()
@@ -39,70 +41,6 @@ SOURCE_LENGTH, TARGET_LENGTH = 8, 16  # 6 digits + eos; "nine hundred ninety nin
 # AER 0.064 for greedy and beam search (the first layer: 0.58 / 0.59); 400 steps instead of 600
 # give 0.85 / 0.85. The thresholds sit between the two.
 MIN_PRECISION, MIN_RECALL = 0.9, 0.9
-
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEENS = [
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
-TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-
-
-def oracle(number: int) -> tuple[list[str], set[tuple[int, int]], set[tuple[int, int]]]:
-    """(words, sure links, possible links) of `number`; links are (digit position, word index).
-
-    Sure: a digit word and the digit it names ("seven" <- 7 of 40712), "hundred" and its
-    hundreds digit. Possible (besides the sure ones): a teen word and both its digits
-    ("twelve" <- 1 and 2), a scale word ("thousand") and every digit of its group.
-    """
-    digits = [int(d) for d in str(number)]
-    words: list[str] = []
-    sure: set[tuple[int, int]] = set()
-    possible: set[tuple[int, int]] = set()
-
-    def say(word: str, sure_digits=(), possible_digits=()) -> None:
-        words.append(word)
-        sure.update((digit, len(words) - 1) for digit in sure_digits)
-        possible.update((digit, len(words) - 1) for digit in possible_digits)
-
-    if number == 0:
-        say("zero", [0])
-        return words, sure, possible
-    # Groups of three digits from the right: (first position, positions) per group, left first.
-    count = len(digits)
-    groups = []
-    for end in range(count, 0, -3):
-        groups.append(list(range(max(0, end - 3), end)))
-    groups.reverse()
-    scales = {0: None, 1: "thousand", 2: "million"}
-    for rank, positions in zip(range(len(groups) - 1, -1, -1), groups, strict=True):
-        padded = [None] * (3 - len(positions)) + positions  # hundreds, tens, ones positions
-        value = [0 if p is None else digits[p] for p in padded]
-        if value == [0, 0, 0]:
-            continue
-        hundreds, tens, ones = padded
-        if value[0]:
-            say(ONES[value[0]], [hundreds])
-            say("hundred", [hundreds])
-        if value[1] >= 2:
-            say(TENS[value[1]], [tens])
-            if value[2]:
-                say(ONES[value[2]], [ones])
-        elif value[1] == 1:
-            say(TEENS[value[2]], possible_digits=[tens, ones])
-        elif value[2]:
-            say(ONES[value[2]], [ones])
-        if scales[rank]:
-            say(scales[rank], possible_digits=positions)
-    return words, sure, possible
 
 
 def test_the_oracle_spells_numbers_as_the_task_does() -> None:
@@ -128,12 +66,6 @@ def make_batch(numbers: np.ndarray) -> dict[str, np.ndarray]:
     decoder_input = np.concatenate([np.full((len(numbers), 1), bos, np.int32), target[:, :-1]], 1)
     decoder_input[decoder_input == eos] = pad
     return {"source": source, "decoder_input": decoder_input, "target": target}
-
-
-def random_numbers(rng: np.random.Generator, count: int) -> np.ndarray:
-    """Numbers with 1 to 6 digits, each digit count equally likely."""
-    digits = rng.integers(1, 7, size=count)
-    return rng.integers(np.where(digits == 1, 0, 10 ** (digits - 1)), 10**digits)
 
 
 @pytest.fixture(scope="module")
