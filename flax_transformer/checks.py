@@ -217,9 +217,21 @@ _DECODING_CHECKS: dict[str, Callable[[TransformerConfig, Any, Any], Any]] = {
     "temperature": lambda config, source, value: check_temperature(value),
     "top_k": lambda config, source, value: check_top_k(config, value),
     "top_p": lambda config, source, value: check_top_p(value),
-    # A decoding.AttentionSelection checks itself against the config (None: no attention).
-    "attention": lambda config, source, value: None if value is None else value.resolved(config),
+    "attention": lambda config, source, value: check_attention(config, value),
 }
+
+
+def check_attention(config: TransformerConfig, attention: Any) -> Any:
+    """None, or a `decoding.AttentionSelection`, which checks itself against the config (and
+    comes back with its indices counted from 0)."""
+    if attention is None:
+        return None
+    if not callable(getattr(attention, "resolved", None)):
+        raise ValueError(
+            "attention must be a flax_transformer.decoding.AttentionSelection or None, got "
+            f"{attention!r}"
+        )
+    return attention.resolved(config)
 
 
 def check_decoding_arguments(

@@ -120,12 +120,18 @@ class AttentionSelection:
         return AttentionSelection(**values)
 
     def select(self, weights: Array) -> Array:
-        """weights [..., layers, heads, src_len] -> [..., layers', heads', src_len]."""
+        """weights [..., layers, heads, src_len] -> [..., layers', heads', src_len].
+
+        Array methods and static slices only: a NumPy array stays on the host (no device
+        round trip, no compilation per shape), a traced one stays in the trace.
+        """
         for axis, choice in ((-3, self.layer), (-2, self.head)):
             if choice == "mean":
-                weights = jnp.mean(weights, axis=axis, keepdims=True)
+                weights = weights.mean(axis=axis, keepdims=True)
             elif choice != "all":
-                weights = jax.lax.dynamic_slice_in_dim(weights, choice, 1, axis=axis)
+                index = [slice(None)] * weights.ndim
+                index[axis] = slice(choice, choice + 1 or None)  # -1 -> the last one
+                weights = weights[tuple(index)]
         return weights
 
 

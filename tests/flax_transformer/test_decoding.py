@@ -718,6 +718,11 @@ def test_attention_selection_picks_layers_and_heads(attention_params, source) ->
             ATTENTION_CONFIG, attention_params, source, **args, attention=selection
         )
         np.testing.assert_allclose(attention, expected, rtol=1e-6, atol=1e-7)
+    # On a NumPy array the selection stays on the host; unresolved negative indices count from
+    # the end.
+    on_host = AttentionSelection(layer=-1, head=-2).select(full)
+    assert isinstance(on_host, np.ndarray)
+    np.testing.assert_array_equal(on_host, full[:, :, 1:2, -2:-1])
     # Each selected row is a distribution over the source (or all zero after the row's end).
     _, mean = greedy_decode(
         ATTENTION_CONFIG, attention_params, source, **args, attention=AttentionSelection()
@@ -732,6 +737,7 @@ def test_attention_selection_picks_layers_and_heads(attention_params, source) ->
         (dict(layer=2), "attention layer 2 is out of range: the model has 2 decoder layers"),
         (dict(head=-5), f"attention head -5 is out of range: the model has {CONFIG.num_heads}"),
         (dict(head="max"), "attention head must be an index or one of ['mean', 'all']"),
+        ("all", "attention must be a flax_transformer.decoding.AttentionSelection or None"),
     ],
 )
 def test_bad_attention_selections_are_refused(attention_params, source, selection, message):
@@ -742,5 +748,5 @@ def test_bad_attention_selections_are_refused(attention_params, source, selectio
             source,
             bos_id=BOS,
             eos_id=EOS,
-            attention=AttentionSelection(**selection),
+            attention=selection if isinstance(selection, str) else AttentionSelection(**selection),
         )
