@@ -1,6 +1,7 @@
 """Start-up of `python -m train.translate`: one sentence, the first and the second invocation
-on the same workdir with JAX's persistent compilation cache, and without the cache. Prints a
-table.
+on the same workdir with JAX's persistent compilation cache, and without the cache; then the
+same for the run exported by `python -m train.export` and translated by `python -m
+train.exported` (no flax, no model code, no tracing). Prints two tables.
 
 The workdirs hold untrained models of the number-words task (its fixed vocabulary, so nothing
 is downloaded or trained): `small` (d_model 256, 3+3 layers, the default config's model) and
@@ -10,6 +11,8 @@ the worst case for the decoder. Each invocation is a fresh process: wall time fr
 exit, imports, checkpoint restore and the translation included. Asserts nothing.
 
     python benchmarks/startup_benchmark.py [--models small opus-mt] [--decoding beam greedy]
+
+The export holds the measured method alone, for CPU and CUDA, with every source-length bucket.
 """
 
 from __future__ import annotations
@@ -55,21 +58,27 @@ def make_workdir(path: Path, model: str) -> None:
     workdir.write_config(config, model_config)
 
 
-def translate_seconds(workdir: Path, cache: str, decoding: str) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "train.translate",
-        f"--workdir={workdir}",
-        f"--compilation_cache={cache}",
-        f"--decoding={decoding}",
-    ]
+def _seconds(*args: str, stdin: bytes = b"") -> float:
     start = time.perf_counter()
-    done = subprocess.run(command, input=b"40712\n", capture_output=True)
+    done = subprocess.run([sys.executable, *args], input=stdin, capture_output=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stderr.decode("utf-8", "replace"))
     return seconds
+
+
+def translate_seconds(workdir: Path, cache: str, decoding: str) -> float:
+    flags = (f"--workdir={workdir}", f"--compilation_cache={cache}", f"--decoding={decoding}")
+    return _seconds("-m", "train.translate", *flags, stdin=b"40712\n")
+
+
+def exported_seconds(artifact: Path, cache: str, decoding: str) -> float:
+    flags = (f"--artifact={artifact}", f"--compilation_cache={cache}", f"--decoding={decoding}")
+    return _seconds("-m", "train.exported", *flags, stdin=b"40712\n")
+
+
+def _size_mib(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20
 
 
 def main() -> None:
@@ -78,8 +87,7 @@ def main() -> None:
     parser.add_argument("--decoding", nargs="+", choices=["beam", "greedy"], default=["beam"])
     args = parser.parse_args()
     print(f"CPU cores: {len(os.sched_getaffinity(0))}\n")
-    print("| model | decoding | no cache (s) | first, empty cache (s) | second, cached (s) |")
-    print("|---|---|---|---|---|")
+    in_process, exported = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for model in args.models:
             workdir = Path(scratch) / model
@@ -89,7 +97,35 @@ def main() -> None:
                 uncached = translate_seconds(workdir, "", decoding)
                 first = translate_seconds(workdir, cache, decoding)
                 second = translate_seconds(workdir, cache, decoding)
-                print(f"| {model} | {decoding} | {uncached:.1f} | {first:.1f} | {second:.1f} |")
+                in_process.append(
+                    f"| {model} | {decoding} | {uncached:.1f} | {first:.1f} | {second:.1f} |"
+                )
+                artifact = Path(scratch) / f"exported-{model}-{decoding}"
+                export = _seconds(
+                    "-m", "train.export", f"--workdir={workdir}", f"--out={artifact}",
+                    f"--methods={decoding}", f"--compilation_cache={cache}",
+                )  # fmt: skip
+                functions = _size_mib(artifact / "functions")
+                params = _size_mib(artifact) - functions
+                cache = str(Path(scratch) / f"cache-exported-{model}-{decoding}")
+                uncached = exported_seconds(artifact, "", decoding)
+                first = exported_seconds(artifact, cache, decoding)
+                second = exported_seconds(artifact, cache, decoding)
+                exported.append(
+                    f"| {model} | {decoding} | {export:.1f} | {functions:.1f} | {params:.1f} | "
+                    f"{uncached:.1f} | {first:.1f} | {second:.1f} |"
+                )
+    print("python -m train.translate, one sentence:\n")
+    print("| model | decoding | no cache (s) | first, empty cache (s) | second, cached (s) |")
+    print("|---|---|---|---|---|")
+    print("\n".join(in_process))
+    print("\npython -m train.export, then python -m train.exported, one sentence:\n")
+    print(
+        "| model | decoding | export (s) | functions (MiB) | weights + tokenizer (MiB) | "
+        "no cache (s) | first, empty cache (s) | second, cached (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(exported))
 
 
 if __name__ == "__main__":

@@ -38,38 +38,80 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flax_transformer import (  # noqa: F401 (the modules, as attributes: ft.masks, ...)
-    alignment,
-    apply,
-    attention,
-    checks,
-    config,
-    decoding,
-    interop,
-    layers,
-    masks,
-    model,
-    parallel,
-    positional,
-    search,
-    training,
+# Imported on first use (PEP 562), so that a light module (`alignment`, `config`) or a program
+# that only runs an exported translator (`train.exported`) does not import flax.
+SUBMODULES = (
+    "alignment",
+    "apply",
+    "attention",
+    "checks",
+    "config",
+    "decoding",
+    "interop",
+    "layers",
+    "masks",
+    "model",
+    "parallel",
+    "positional",
+    "search",
+    "training",
 )
-from flax_transformer.apply import attention_weights, decoder_logits, encode, forward
-from flax_transformer.config import TransformerConfig
-from flax_transformer.decoding import beam_search, greedy_decode, sample_decode
-from flax_transformer.model import Transformer, count_params, init_params
-from flax_transformer.parallel import DataParallel
-from flax_transformer.training import (
-    TrainState,
-    create_train_state,
-    eval_step,
-    make_optimizer,
-    summarize_metrics,
-    train_step,
-    transformer_schedule,
-)
+# Public name -> the module that defines it.
+_PUBLIC_NAMES = {
+    "attention_weights": "apply",
+    "decoder_logits": "apply",
+    "encode": "apply",
+    "forward": "apply",
+    "TransformerConfig": "config",
+    "beam_search": "decoding",
+    "greedy_decode": "decoding",
+    "sample_decode": "decoding",
+    "Transformer": "model",
+    "count_params": "model",
+    "init_params": "model",
+    "DataParallel": "parallel",
+    "TrainState": "training",
+    "create_train_state": "training",
+    "eval_step": "training",
+    "make_optimizer": "training",
+    "summarize_metrics": "training",
+    "train_step": "training",
+    "transformer_schedule": "training",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from flax_transformer import (  # noqa: F401
+        alignment,
+        apply,
+        attention,
+        checks,
+        config,
+        decoding,
+        interop,
+        layers,
+        masks,
+        model,
+        parallel,
+        positional,
+        search,
+        training,
+    )
+    from flax_transformer.apply import attention_weights, decoder_logits, encode, forward
+    from flax_transformer.config import TransformerConfig
+    from flax_transformer.decoding import beam_search, greedy_decode, sample_decode
+    from flax_transformer.model import Transformer, count_params, init_params
+    from flax_transformer.parallel import DataParallel
+    from flax_transformer.training import (
+        TrainState,
+        create_train_state,
+        eval_step,
+        make_optimizer,
+        summarize_metrics,
+        train_step,
+        transformer_schedule,
+    )
 
 __version__ = "0.1.0"
 
@@ -136,7 +178,14 @@ DEPRECATED_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    """The deprecated names of `DEPRECATED_NAMES`, with a warning naming the new spelling."""
+    """The modules and public names, imported on first use; the deprecated names of
+    `DEPRECATED_NAMES`, with a warning naming the new spelling."""
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _PUBLIC_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC_NAMES[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     if name not in DEPRECATED_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     new = DEPRECATED_NAMES[name]
@@ -147,5 +196,9 @@ def __getattr__(name: str) -> Any:
     )
     module, _, attribute = new.rpartition(".")
     if not module:
-        return globals()[attribute]
+        return __getattr__(attribute)
     return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *SUBMODULES, *_PUBLIC_NAMES})

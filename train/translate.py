@@ -62,7 +62,8 @@ from absl import app, flags, logging
 
 from flax_transformer import alignment, checks
 from flax_transformer.decoding import AttentionSelection
-from train import cli, compilation_cache, inference_flags
+from train import alignment_flags, cli, compilation_cache, inference_flags
+from train.alignment_flags import parse_index_or_mean
 
 STATUS_LINES_SKIPPED = 65  # sysexits' EX_DATAERR: the input data was incorrect
 
@@ -70,21 +71,6 @@ _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line ('
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file ('-': stdout).")
 _OUTPUT_FORMAT = flags.DEFINE_enum(
     "output_format", "text", ["text", "jsonl"], "One translation per line, or one JSON object."
-)
-_ALIGNMENTS = flags.DEFINE_bool(
-    "alignments", False, "Add hard word alignments (Pharaoh format: source-target indices)."
-)
-_ALIGNMENT_UNITS = flags.DEFINE_enum(
-    "alignment_units", "word", ["word", "piece"], "Align words (pieces merged) or tokens."
-)
-_ALIGNMENT_LAYER = flags.DEFINE_string(
-    "alignment_layer",
-    "-1",
-    "Decoder layer whose cross-attention aligns: an index (negative from the last) or 'mean' "
-    "(default: the last; Garg et al. 2019 prefer the penultimate, -2, in 6-layer models).",
-)
-_ALIGNMENT_HEAD = flags.DEFINE_string(
-    "alignment_head", "mean", "Attention head that aligns: an index or 'mean'."
 )
 _ATTENTION = flags.DEFINE_enum(
     "attention",
@@ -94,6 +80,7 @@ _ATTENTION = flags.DEFINE_enum(
     "head ('selected') or of every layer and head ('all').",
 )
 flags.adopt_module_key_flags(inference_flags)  # list them in --help
+flags.adopt_module_key_flags(alignment_flags)  # --alignments, --alignment_layer, ...
 flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache
 flags.adopt_module_key_flags(cli)  # --debug
 
@@ -316,16 +303,6 @@ class AlignmentOptions:
         return self.selection(config)
 
 
-def parse_index_or_mean(value: str, name: str) -> int | str:
-    """A flag's value as an index or "mean"."""
-    if value == "mean":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"--{name} must be an index or 'mean', got {value!r}") from None
-
-
 def alignment_links(
     translation: Translation, vocabulary, config, options: AlignmentOptions
 ) -> list[tuple[int, int]]:
@@ -416,13 +393,13 @@ def main(argv: list[str]) -> int:
             data = file.read()
     lines, problems = decode_lines(data)  # before loading the run: reading is quick
     alignment_options = None
-    if _ALIGNMENTS.value or _ATTENTION.value != "none":
+    if alignment_flags.ALIGNMENTS.value or _ATTENTION.value != "none":
         if _ATTENTION.value != "none" and _OUTPUT_FORMAT.value != "jsonl":
             raise ValueError("--attention needs --output_format=jsonl")
         alignment_options = AlignmentOptions(
-            layer=parse_index_or_mean(_ALIGNMENT_LAYER.value, "alignment_layer"),
-            head=parse_index_or_mean(_ALIGNMENT_HEAD.value, "alignment_head"),
-            units=_ALIGNMENT_UNITS.value,
+            layer=parse_index_or_mean(alignment_flags.ALIGNMENT_LAYER.value, "alignment_layer"),
+            head=parse_index_or_mean(alignment_flags.ALIGNMENT_HEAD.value, "alignment_head"),
+            units=alignment_flags.ALIGNMENT_UNITS.value,
             attention=_ATTENTION.value,
         )
     compilation_cache.enable_from_flags()
@@ -452,7 +429,7 @@ def main(argv: list[str]) -> int:
     output_lines = []
     for index, translation in enumerate(translations):
         links = None
-        if _ALIGNMENTS.value and index not in problems:
+        if alignment_flags.ALIGNMENTS.value and index not in problems:
             links = alignment_links(translation, vocabulary, config, alignment_options)
         if _OUTPUT_FORMAT.value == "text":
             output_lines.append("" if index in problems else text_line(translation, links))

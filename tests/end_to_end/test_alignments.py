@@ -3,40 +3,25 @@ has by construction: each word of "forty thousand seven hundred twelve" comes fr
 of "40712" (the oracle, tests/number_words_oracle.py, is written independently of
 `number_to_words`; the first test checks that the two spell every number alike).
 
-A 2+2-layer model trains in-process for a few hundred steps on numbers below 10^6; its greedy
-and beam outputs are mostly right, and the decoder's cross-attention then points at the digits
-that name each word. The thresholds are set below the figures measured on this model (printed
-with `pytest -s`), so a change that breaks attention output or alignment fails here.
+A 2+2-layer model trains in-process for a few hundred steps on numbers below 10^6
+(tests/number_words_model.py); its greedy and beam outputs are mostly right, and the decoder's
+cross-attention then points at the digits that name each word. The thresholds are set below
+the figures measured on this model (printed with `pytest -s`), so a change that breaks attention
+output or alignment fails here.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import numpy as np
-import optax
 import pytest
 
 import flax_transformer as ft
 from flax_transformer.alignment import alignment_scores, hard_alignment
 from flax_transformer.decoding import AttentionSelection
+from tests.number_words_model import CONFIG, TARGET_LENGTH, VOCABULARY, make_batch
 from tests.number_words_oracle import oracle, random_numbers
-from train.data.numbers import number_to_words, number_words_vocabulary
+from train.data.numbers import number_to_words
 
-VOCABULARY = number_words_vocabulary()
-CONFIG = ft.TransformerConfig.tiny(
-    vocab_size=VOCABULARY.vocab_size,
-    d_model=64,
-    num_heads=4,
-    d_ff=256,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    dropout_rate=0.0,
-    max_len=32,
-)
-STEPS, BATCH = 600, 64
-SOURCE_LENGTH, TARGET_LENGTH = 8, 16  # 6 digits + eos; "nine hundred ninety nine thousand ..."
 # Measured on this model (`pytest -s`), last layer, heads' mean: precision 0.94, recall 0.93,
 # AER 0.064 for greedy and beam search (the first layer: 0.58 / 0.59); 400 steps instead of 600
 # give 0.85 / 0.85. The thresholds sit between the two.
@@ -52,31 +37,6 @@ def test_the_oracle_spells_numbers_as_the_task_does() -> None:
     assert words == ["forty", "thousand", "seven", "hundred", "twelve"]
     assert sure == {(0, 0), (2, 2), (2, 3)}
     assert possible == {(0, 1), (1, 1), (3, 4), (4, 4)}
-
-
-def make_batch(numbers: np.ndarray) -> dict[str, np.ndarray]:
-    pad, bos, eos = VOCABULARY.pad_id, VOCABULARY.bos_id, VOCABULARY.eos_id
-    source = np.full((len(numbers), SOURCE_LENGTH), pad, np.int32)
-    target = np.full((len(numbers), TARGET_LENGTH), pad, np.int32)
-    for row, number in enumerate(numbers):
-        ids = [*VOCABULARY.encode(str(number)), eos]
-        source[row, : len(ids)] = ids
-        ids = [*VOCABULARY.encode(number_to_words(int(number))), eos]
-        target[row, : len(ids)] = ids
-    decoder_input = np.concatenate([np.full((len(numbers), 1), bos, np.int32), target[:, :-1]], 1)
-    decoder_input[decoder_input == eos] = pad
-    return {"source": source, "decoder_input": decoder_input, "target": target}
-
-
-@pytest.fixture(scope="module")
-def trained_params():
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 50, STEPS, 1e-4)
-    state = ft.create_train_state(CONFIG, ft.make_optimizer(schedule), jax.random.key(0))
-    step = jax.jit(functools.partial(ft.train_step, label_smoothing=0.0))
-    rng = np.random.default_rng(0)
-    for _ in range(STEPS):
-        state, _ = step(state, make_batch(random_numbers(rng, BATCH)))
-    return state.params
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +70,9 @@ def corpus_scores(numbers, tokens, attention) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_last_layer_mean_attention_aligns_digits_and_words(trained_params, test_numbers, method):
+def test_last_layer_mean_attention_aligns_digits_and_words(
+    number_words_params, test_numbers, method
+):
     source = make_batch(test_numbers)["source"]
     args = dict(bos_id=VOCABULARY.bos_id, eos_id=VOCABULARY.eos_id, max_length=TARGET_LENGTH)
     results = {}
@@ -118,11 +80,11 @@ def test_last_layer_mean_attention_aligns_digits_and_words(trained_params, test_
         selection = AttentionSelection(layer=layer, head="mean")
         if method == "greedy":
             tokens, attention = ft.greedy_decode(
-                CONFIG, trained_params, source, **args, attention=selection
+                CONFIG, number_words_params, source, **args, attention=selection
             )
         else:
             tokens, _, attention = ft.beam_search(
-                CONFIG, trained_params, source, **args, beam_size=4, attention=selection
+                CONFIG, number_words_params, source, **args, beam_size=4, attention=selection
             )
             tokens, attention = tokens[:, 0], attention[:, 0]
         results[layer] = corpus_scores(test_numbers, tokens, attention)

@@ -452,3 +452,67 @@ def vocabulary_identity(vocabulary: Vocabulary) -> str:
     if hasattr(vocabulary, "tokens"):
         return f"{kind}:{sha256_of(*vocabulary.tokens)}"
     return f"{kind}:{sha256_of(pickle.dumps(vocabulary))}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that rebuild a vocabulary (an exported translator's tokenizer: train.export)
+# ---------------------------------------------------------------------------------------------
+WORDS_FILE = "words.json"  # a WordVocabulary's tokens, id = index
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def write_vocabulary(vocabulary: Vocabulary, directory: PathLike) -> dict[str, Any]:
+    """Write the files that rebuild `vocabulary` into `directory`: words.json (a
+    WordVocabulary's tokens), tokenizer.model (SentencePiece) or source.spm, target.spm and
+    vocab.json (Marian). Returns the record `read_vocabulary` takes: {"kind", "files",
+    "identity"} (JSON)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(vocabulary, WordVocabulary):
+        kind, files = "words", {WORDS_FILE: json.dumps(vocabulary.tokens).encode("utf-8")}
+    elif isinstance(vocabulary, SentencePieceVocabulary):
+        kind, files = "sentencepiece", {SENTENCEPIECE_FILE: vocabulary.model_bytes}
+    elif isinstance(vocabulary, MarianVocabulary):
+        state = vocabulary.__getstate__()
+        kind = "marian"
+        files = {
+            "source.spm": state["source_spm"],
+            "target.spm": state["target_spm"],
+            "vocab.json": json.dumps(state["vocab"], ensure_ascii=False).encode("utf-8"),
+        }
+    else:
+        raise TypeError(f"cannot write a {type(vocabulary).__name__} to files")
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return {"kind": kind, "files": sorted(files), "identity": vocabulary_identity(vocabulary)}
+
+
+def read_vocabulary(directory: PathLike, record: Mapping[str, Any]) -> Vocabulary:
+    """The vocabulary `write_vocabulary` wrote into `directory` (`record`: what it returned).
+
+    Raises:
+      FileNotFoundError: naming a missing file.
+      ValueError: for an unknown kind, or files whose identity differs from the record's (they
+        would give other ids than the model was trained with).
+    """
+    directory = Path(directory)
+    kind = record.get("kind")
+    for name in record.get("files", []):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name} is missing (the {kind} tokenizer)")
+    if kind == "words":
+        tokens = json.loads((directory / WORDS_FILE).read_text(encoding="utf-8"))
+        vocabulary: Vocabulary = WordVocabulary(tokens)
+    elif kind == "sentencepiece":
+        vocabulary = SentencePieceVocabulary.from_file(directory / SENTENCEPIECE_FILE)
+    elif kind == "marian":
+        vocabulary = MarianVocabulary.from_directory(directory)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r} (words, sentencepiece or marian)")
+    identity = vocabulary_identity(vocabulary)
+    if identity != record.get("identity"):
+        raise ValueError(
+            f"the tokenizer files in {directory} are not the ones exported with the model "
+            f"(identity {identity[:24]}..., expected {str(record.get('identity'))[:24]}...)"
+        )
+    return vocabulary

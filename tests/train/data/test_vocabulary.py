@@ -22,6 +22,8 @@ from train.data.vocabulary import (
     Vocabulary,
     WordVocabulary,
     piece_word_indices,
+    read_vocabulary,
+    write_vocabulary,
 )
 
 TEXTS = [f"{a} {b} {c}" for a in ("the", "a", "one") for b in ("dog", "cat") for c in "xyz"] * 4
@@ -113,6 +115,33 @@ def test_marian_starts_decoding_from_the_pad_id(vocabularies) -> None:
     assert marian.bos_id == marian.pad_id
     # Targets are cut by target.spm, trained on the German side: its words round-trip.
     assert marian.decode(marian.encode_target("the hund x")) == "the hund x"
+
+
+def test_written_files_rebuild_each_kind(vocabularies, tmp_path) -> None:
+    """An exported translator's tokenizer (train.export): the files give the same ids, text,
+    pieces and words, and files that do not match the record are refused."""
+    for name, vocabulary in vocabularies.items():
+        directory = tmp_path / name
+        record = write_vocabulary(vocabulary, directory)
+        assert record["kind"] == name
+        assert sorted(p.name for p in directory.iterdir()) == record["files"]
+        again = read_vocabulary(directory, json.loads(json.dumps(record)))
+        assert type(again) is type(vocabulary)
+        for text in [*TEXTS[:5], "40712", "dog cat unseen"]:
+            ids = vocabulary.encode(text)
+            assert again.encode(text) == ids, (name, text)
+            assert again.decode(ids) == vocabulary.decode(ids), (name, text)
+            assert again.pieces(ids) == vocabulary.pieces(ids), (name, text)
+            assert again.word_indices(ids) == vocabulary.word_indices(ids), (name, text)
+    record = write_vocabulary(vocabularies["words"], tmp_path / "changed")
+    (tmp_path / "changed" / "words.json").write_text(
+        json.dumps(vocabularies["words"].tokens[:-1]), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match="are not the ones exported with the model"):
+        read_vocabulary(tmp_path / "changed", record)
+    (tmp_path / "changed" / "words.json").unlink()
+    with pytest.raises(FileNotFoundError, match="words.json is missing"):
+        read_vocabulary(tmp_path / "changed", record)
 
 
 def test_declared_values() -> None:
