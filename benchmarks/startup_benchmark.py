@@ -4,7 +4,8 @@ same for the run exported by `python -m train.export` and translated by `python 
 train.exported` (no flax, no model code, no tracing). Prints two tables.
 
 The workdirs hold untrained models of the number-words task (its fixed vocabulary, so nothing
-is downloaded or trained): `small` (d_model 256, 3+3 layers, the default config's model) and
+is downloaded or trained): `small` (d_model 256, 3+3 layers, the default config's model),
+`multi30k` (the same with the Multi30k recipe's 8,000-id output layer and max_len 128) and
 `opus-mt` (opus-mt-en-de's shape: d_model 512, 6+6 layers, 8 heads, d_ff 2048, SiLU, an output
 layer of 58,101 ids). Untrained weights write the longest output (source length + 50 tokens),
 the worst case for the decoder. Each invocation is a fresh process: wall time from start to
@@ -27,6 +28,8 @@ from pathlib import Path
 
 MODELS = {
     "small": {},
+    # The Multi30k recipe's model (train/configs/multi30k.py): the small one, 8k SentencePiece ids.
+    "multi30k": dict(vocab_size=8000, max_len=128),
     "opus-mt": dict(
         d_model=512,
         num_heads=8,

@@ -21,7 +21,8 @@ T = min(L + 50, max_len) as in-process (paper section 6.1). Decoding settings ar
 export: --beam_size, --length_penalty, --beam_stop (inference flags), and with --alignments the
 cross-attention of --alignment_layer / --alignment_head (default the last layer's heads' mean,
 as `train.translate --alignments`). Every function is lowered for each of --platforms (default
-cpu and cuda; "tpu" too, where wanted) into one artifact: the same files run on any of them.
+cpu, cuda and tpu; rocm too, where wanted) into one artifact: the same files run on any of them.
+Lowering needs no such device: a CPU machine exports for all of them.
 
     python -m train.export --workdir=runs/numbers --out=exported/numbers
     echo 40712 | python -m train.exported --artifact=exported/numbers
@@ -54,13 +55,14 @@ from train.exported import FORMAT_VERSION, FUNCTIONS_DIRECTORY, MANIFEST, PARAMS
 
 EXPORT_METHODS = ("greedy", "beam")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 _OUT = flags.DEFINE_string("out", None, "Directory to write the exported translator to.")
 _METHODS = flags.DEFINE_list(
     "methods", list(EXPORT_METHODS), "Decoding methods to export (greedy, beam)."
 )
 _PLATFORMS = flags.DEFINE_list(
-    "platforms", ["cpu", "cuda"], f"Platforms to lower for, any of {list(PLATFORMS)}."
+    "platforms", list(DEFAULT_PLATFORMS), f"Platforms to lower for, any of {list(PLATFORMS)}."
 )
 _MAX_SOURCE_LENGTH = flags.DEFINE_integer(
     "max_source_length",
@@ -142,7 +144,7 @@ def export_translator(
     out: str | os.PathLike,
     *,
     methods: Sequence[str] = EXPORT_METHODS,
-    platforms: Sequence[str] = ("cpu", "cuda"),
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
     max_source_length: int | None = None,
     beam_size: int = 4,
     length_penalty: float = 0.6,

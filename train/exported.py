@@ -119,8 +119,9 @@ class ExportedTranslator:
                 f"{directory} holds an export of format {manifest.get('format_version')}, this "
                 f"runner reads format {FORMAT_VERSION}: export it again"
             )
-        platform = jax.default_backend()
-        if platform not in manifest["platforms"]:
+        platform = jax.default_backend()  # "gpu" for CUDA and ROCm, which jax.export names
+        names = {"gpu": ("cuda", "rocm")}.get(platform, (platform,))
+        if not set(names) & set(manifest["platforms"]):
             raise ValueError(
                 f"{directory} was exported for {manifest['platforms']}, not for this {platform} "
                 "backend: export it again with --platforms including it"

@@ -94,6 +94,21 @@ def test_a_source_longer_than_the_largest_bucket_is_refused(artifact) -> None:
     assert translator.translate(["1" * (MAX_SOURCE_LENGTH - 1)])[0].ids  # 16 tokens: fits
 
 
+def test_an_export_for_other_platforms_or_formats_is_refused(artifact, tmp_path) -> None:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for change, message in [
+        ({"platforms": ["cuda", "tpu"]}, r"was exported for \['cuda', 'tpu'\], not for this cpu"),
+        ({"format_version": 0}, "holds an export of format 0, this runner reads format 1"),
+    ]:
+        copy = tmp_path / str(len(list(tmp_path.iterdir())))
+        copy.mkdir()
+        (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(ValueError, match=message):
+            ExportedTranslator.load(copy)
+    with pytest.raises(FileNotFoundError, match="is not an exported translator"):
+        ExportedTranslator.load(tmp_path)
+
+
 def test_a_function_file_round_trips_and_takes_any_batch(number_words_params, artifact) -> None:
     exported = jax.export.deserialize(
         bytearray((artifact / function_file("greedy", MAX_SOURCE_LENGTH)).read_bytes())
@@ -111,13 +126,14 @@ def test_a_function_file_round_trips_and_takes_any_batch(number_words_params, ar
         attention=None,
     )
     direct = export_function(function, number_words_params, MAX_SOURCE_LENGTH, ["cpu"])
-    for rows in (1, 3):
-        source = np.zeros((rows, MAX_SOURCE_LENGTH), np.int32)
-        source[:, :3] = [7, 8, VOCABULARY.eos_id]
-        reference = jax.jit(function)(number_words_params, source)["tokens"]
-        for candidate in (exported, again, direct):
-            tokens = candidate.call(number_words_params, source)["tokens"]
-            np.testing.assert_array_equal(tokens, reference)
+    source = np.zeros((3, MAX_SOURCE_LENGTH), np.int32)
+    source[:, :3] = [[7, 8, VOCABULARY.eos_id], [9, VOCABULARY.eos_id, 0], [5, 6, 7]]
+    reference = jax.jit(function)(number_words_params, source)["tokens"]
+    for candidate in (exported, again, direct):
+        tokens = candidate.call(number_words_params, source)["tokens"]
+        np.testing.assert_array_equal(tokens, reference)
+    one_row = exported.call(number_words_params, source[1:2])["tokens"]  # another batch size
+    np.testing.assert_array_equal(one_row, reference[1:2])
 
 
 def _run(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
