@@ -37,6 +37,7 @@ LAYERS = [
     "convert_marian",
     "evaluate",
     "translate",
+    "serve",
     "configs.default",
     "configs.multi30k",
     "configs.wmt14_base",
