@@ -38,23 +38,24 @@ Errors are one-line JSON objects {"error": "..."}, with status
 
 Batching. One worker thread owns the model. A request's texts are queued as lines (a bounded
 queue: --max_queue lines waiting, then 503); the worker takes the oldest request's lines and
-those of every other request with the same decoding and attention options, one line from
-each request in turn (so a request with many texts never holds up a short one for more than
-one batch), up to --batch_size lines, waiting up to --max_wait_ms for more after the oldest
-line arrived, and decodes them together with `train.translate.translate_lines_in_detail`; a
-request is answered when its last line is decoded. A request that served part of a batch
-goes to the back of the line. Greedy and beam search decode each line on its own, so a
-line's output does not depend on the lines it is batched with; sampling does (its random
-draws follow the batch), so a sampling request's lines are decoded apart from other
-requests', --batch_size at a time in order: the same request with the same seed always gets
-the same output.
+those of every other request with the same decoding and attention options, one line from each
+request in turn (so a request with many texts never holds up a short one for more than one
+batch), up to --batch_size lines, waiting up to --max_wait_ms for more after the oldest line
+arrived, and decodes them together with `train.translate.translate_lines_in_detail`; a request
+is answered when its last line is decoded. A request that served part of a batch goes to the
+back of the line. Greedy and beam search decode each line on its own, so a line's output does
+not depend on the lines it is batched with (but for the floating-point rounding another batch
+shape may bring); sampling does (its random draws follow the batch), so a sampling request's
+lines are decoded apart from other requests', --batch_size at a time in order: the same request
+with the same seed always gets the same output.
 
-Compilation. A batch is padded to --batch_size rows (the last one of a request to a power of
-two) and to one of a few bucket lengths, so a few shapes cover all requests; the first
-request of each shape, decoding method, beam size, top_k, top_p, max_length and attention
-selection compiles once (seconds), and later ones reuse it (the persistent compilation cache
-keeps them across restarts). At start the server compiles the default options' shapes for
-the --warm_up_buckets shortest bucket lengths (every row count) before it listens.
+Compilation. A batch of n lines has the rows of the smallest power of two >= n (at most
+--batch_size) and is padded to one of a few bucket lengths, so a few shapes cover all requests;
+the first request of each shape, decoding method, beam size, top_k, top_p, max_length and
+attention selection compiles once (seconds), and later ones reuse it (the persistent
+compilation cache keeps them across restarts). At start the server compiles the default
+options' shapes for the --warm_up_buckets shortest bucket lengths (every row count) before it
+listens.
 
 Ctrl-C (or SIGTERM) stops the server: requests in flight are answered first; status 0.
 """
