@@ -189,8 +189,13 @@ def translate_lines_in_detail(
     batch_size: int,
     *,
     attention: AttentionSelection | None = None,
+    first_batch_index: int = 0,
 ) -> list[Translation]:
     """`translate_lines` with each line's tokens, score and (with `attention`) cross-attention.
+
+    `first_batch_index`: the batch index (which varies the sampling key) of the first batch: a
+    caller that translates its lines in parts gives each part the number of batches before it,
+    so that no two parts sample with the same key.
 
     Raises:
       ValueError: naming the first line that `run_line_problems` refuses.
@@ -216,7 +221,7 @@ def translate_lines_in_detail(
             bos_id=vocabulary.bos_id,
             eos_id=vocabulary.eos_id,
             options=options,
-            batch_index=batch_index,
+            batch_index=first_batch_index + batch_index,
             attention=attention,
         )
         for row, index in enumerate(batch["example_index"]):

@@ -23,7 +23,7 @@ from train.data.numbers import number_words_vocabulary
 from train.setup import model_config_from
 from train.workdir import Workdir
 
-COMMANDS = ("train", "train.evaluate", "train.translate", "train.convert_marian")
+COMMANDS = ("train", "train.evaluate", "train.translate", "train.convert_marian", "train.serve")
 
 
 def run_module(module: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:

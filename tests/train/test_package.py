@@ -40,6 +40,7 @@ LAYERS = [
     "evaluate",
     "translate",
     "export",
+    "serve",
     "configs.default",
     "configs.multi30k",
     "configs.wmt14_base",
