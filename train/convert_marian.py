@@ -30,21 +30,6 @@ from absl import app, flags, logging
 from train import cli
 
 _CONFIG_PATH = os.path.join(os.path.dirname(__file__), "configs", "multi30k.py")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A MarianMTModel directory.")
-_HUB = flags.DEFINE_string(
-    "hub", None, "A Hugging Face hub name, e.g. Helsinki-NLP/opus-mt-en-de (downloads it)."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The workdir to create (must not hold a run).")
-_CONFIG = cli.define_config_file(
-    "config",
-    _CONFIG_PATH,
-    "Training config stored with the model: its data is what `train.evaluate` scores "
-    "(default train/configs/multi30k.py, English -> German Multi30k; override fields with "
-    "--config.data_path=DIR --config.source_language=.. --config.target_language=..).",
-    lock_config=False,
-)
-flags.mark_flag_as_required("workdir")
-flags.adopt_module_key_flags(cli)  # --debug in --help
 
 # What --hub downloads: the model and its tokenizer, nothing else (no TF/Flax/Rust weights;
 # pytorch_model.bin only when the repository has no safetensors).
@@ -160,5 +145,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def define_flags() -> None:
+    """The command's flags, defined only when it runs: a program that imports this module for
+    `download` may define --workdir itself (train.inference_flags does)."""
+    global _CHECKPOINT, _HUB, _WORKDIR, _CONFIG
+    _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A MarianMTModel directory.")
+    _HUB = flags.DEFINE_string(
+        "hub", None, "A Hugging Face hub name, e.g. Helsinki-NLP/opus-mt-en-de (downloads it)."
+    )
+    _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir to create (must not hold a run).")
+    _CONFIG = cli.define_config_file(
+        "config",
+        _CONFIG_PATH,
+        "Training config stored with the model: its data is what `train.evaluate` scores "
+        "(default train/configs/multi30k.py, English -> German Multi30k; override fields with "
+        "--config.data_path=DIR --config.source_language=.. --config.target_language=..).",
+        lock_config=False,
+    )
+    flags.mark_flag_as_required("workdir")
+    flags.adopt_module_key_flags(cli)  # --debug in --help
+
+
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
