@@ -45,12 +45,13 @@ def make_batch(numbers: np.ndarray) -> dict[str, np.ndarray]:
     return {"source": source, "decoder_input": decoder_input, "target": target}
 
 
-def train_params():
-    """The model's parameters after STEPS steps (deterministic)."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 50, STEPS, 1e-4)
-    state = ft.create_train_state(CONFIG, ft.make_optimizer(schedule), jax.random.key(0))
+def train_params(config: ft.TransformerConfig = CONFIG, steps: int = STEPS, warmup: int = 50):
+    """The parameters of a model of `config` after `steps` steps (deterministic): by default
+    this module's model."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup, steps, 1e-4)
+    state = ft.create_train_state(config, ft.make_optimizer(schedule), jax.random.key(0))
     step = jax.jit(functools.partial(ft.train_step, label_smoothing=0.0))
     rng = np.random.default_rng(0)
-    for _ in range(STEPS):
+    for _ in range(steps):
         state, _ = step(state, make_batch(random_numbers(rng, BATCH)))
     return state.params

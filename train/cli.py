@@ -545,3 +545,30 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
         _print(["interrupted"])
         sys.exit(STATUS_INTERRUPTED)
     sys.exit(0)  # app.run always exits; this is for the type checker
+
+
+# ---------------------------------------------------------------------------------------------
+# Input text, as train.translate and train.exported read it
+# ---------------------------------------------------------------------------------------------
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
+def decode_lines(data: bytes) -> tuple[list[str], dict[int, str]]:
+    """(lines, problems) of raw input: `data` cut at b"\\n" (the newline ending the last line
+    ends it, a leading UTF-8 byte order mark is dropped), each line decoded as strict UTF-8.
+    A line that does not decode is "" in `lines` and `problems` maps its index (from 0) to why:
+    "not UTF-8 (byte 5 is 0xff: invalid start byte)", bytes counted from 1 within the line."""
+    data = data.removeprefix(BYTE_ORDER_MARK)
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last line
+    lines, problems = [], {}
+    for index, raw in enumerate(raw_lines):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            lines.append("")
+            problems[index] = (
+                f"not UTF-8 (byte {error.start + 1} is 0x{raw[error.start]:02x}: {error.reason})"
+            )
+    return lines, problems

@@ -265,20 +265,10 @@ def main(argv: list[str]) -> int:
     translator = ExportedTranslator.load(_ARTIFACT.value)
     if alignment_flags.ALIGNMENTS.value and translator.manifest.get("attention") is None:
         raise ValueError(f"{_ARTIFACT.value} was exported without --alignments")
-    data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the newline that ends the last line
-    lines, problems = [], {}
-    for index, raw in enumerate(raw_lines):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            byte = f"byte {error.start + 1} is 0x{raw[error.start]:02x}"
-            line, problems[index] = "", f"not UTF-8 ({byte}: {error.reason})"
+    lines, problems = cli.decode_lines(sys.stdin.buffer.read())
+    for index, line in enumerate(lines):
         if len(translator.source_ids(line)) > translator.max_source_tokens:
-            line, problems[index] = "", translator.length_problem(line)
-        lines.append(line)
+            lines[index], problems[index] = "", translator.length_problem(line)
     for index, problem in sorted(problems.items()):
         print(f"line {index + 1}: {problem}; skipped", file=sys.stderr)
     method, batch_size = _DECODING.value, _BATCH_SIZE.value

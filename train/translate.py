@@ -84,29 +84,6 @@ flags.adopt_module_key_flags(alignment_flags)  # --alignments, --alignment_layer
 flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache
 flags.adopt_module_key_flags(cli)  # --debug
 
-_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
-
-
-def decode_lines(data: bytes) -> tuple[list[str], dict[int, str]]:
-    """(lines, problems) of raw input: `data` cut at b"\\n" (the newline ending the last line
-    ends it, a leading UTF-8 byte order mark is dropped), each line decoded as strict UTF-8.
-    A line that does not decode is "" in `lines` and `problems` maps its index (from 0) to why:
-    "not UTF-8 (byte 5 is 0xff: invalid start byte)", bytes counted from 1 within the line."""
-    data = data.removeprefix(_BYTE_ORDER_MARK)
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the newline that ends the last line
-    lines, problems = [], {}
-    for index, raw in enumerate(raw_lines):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            lines.append("")
-            problems[index] = (
-                f"not UTF-8 (byte {error.start + 1} is 0x{raw[error.start]:02x}: {error.reason})"
-            )
-    return lines, problems
-
 
 def _character_problem(line: str) -> str | None:
     for position, character in enumerate(line, start=1):
@@ -396,7 +373,7 @@ def main(argv: list[str]) -> int:
     else:
         with open(_INPUT.value, "rb") as file:
             data = file.read()
-    lines, problems = decode_lines(data)  # before loading the run: reading is quick
+    lines, problems = cli.decode_lines(data)  # before loading the run: reading is quick
     alignment_options = None
     if alignment_flags.ALIGNMENTS.value or _ATTENTION.value != "none":
         if _ATTENTION.value != "none" and _OUTPUT_FORMAT.value != "jsonl":

@@ -15,7 +15,6 @@ $FLAX_TRANSFORMER_TEST_ARTIFACTS when set, else to the test's tmp_path.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import os
 import re
@@ -28,17 +27,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import jax
 import numpy as np
-import optax
 import pytest
 from fastapi.testclient import TestClient
 
-import flax_transformer as ft
-from tests.number_words_oracle import random_numbers
+from tests.number_words_model import VOCABULARY, train_params
 from train import serve
 from train.configs import default as default_config
-from train.data.numbers import number_to_words, number_words_vocabulary
 from train.evaluation import DecodingOptions
 from train.setup import model_config_from
 from train.translate import (
@@ -49,26 +44,11 @@ from train.translate import (
 )
 from train.workdir import Workdir, load_run
 
-VOCABULARY = number_words_vocabulary()
-STEPS, BATCH, SOURCE_LENGTH, TARGET_LENGTH = 120, 64, 8, 16
+STEPS = 120  # a smaller model than tests/number_words_model.py's, trained less: quick
 GREEDY = DecodingOptions(method="greedy")
 LIMITS = serve.Limits(max_texts=8, max_request_bytes=2048, max_beam_size=8)
 BATCH_SIZE = 4  # few row counts (1, 2, 4): few compilations
 TEXTS = ["123", "40712", "5", "999999"]
-
-
-def make_batch(numbers: np.ndarray) -> dict[str, np.ndarray]:
-    pad, bos, eos = VOCABULARY.pad_id, VOCABULARY.bos_id, VOCABULARY.eos_id
-    source = np.full((len(numbers), SOURCE_LENGTH), pad, np.int32)
-    target = np.full((len(numbers), TARGET_LENGTH), pad, np.int32)
-    for row, number in enumerate(numbers):
-        ids = [*VOCABULARY.encode(str(number)), eos]
-        source[row, : len(ids)] = ids
-        ids = [*VOCABULARY.encode(number_to_words(int(number))), eos]
-        target[row, : len(ids)] = ids
-    decoder_input = np.concatenate([np.full((len(numbers), 1), bos, np.int32), target[:, :-1]], 1)
-    decoder_input[decoder_input == eos] = pad
-    return {"source": source, "decoder_input": decoder_input, "target": target}
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +57,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.model.update(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=2)
     config.model.update(d_ff=64, dropout_rate=0.0)
     model_config = model_config_from(config, VOCABULARY.vocab_size)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 30, STEPS, 1e-4)
-    state = ft.create_train_state(model_config, ft.make_optimizer(schedule), jax.random.key(0))
-    step = jax.jit(functools.partial(ft.train_step, label_smoothing=0.0))
-    rng = np.random.default_rng(0)
-    for _ in range(STEPS):
-        state, _ = step(state, make_batch(random_numbers(rng, BATCH)))
+    params = train_params(model_config, STEPS, warmup=30)
     run = Workdir(tmp_path_factory.mktemp("serve") / "run")
     with run.checkpointer() as checkpointer:
-        checkpointer.save_params(STEPS, state.params, config=run.run_config(config, model_config))
+        checkpointer.save_params(STEPS, params, config=run.run_config(config, model_config))
     run.write_config(config, model_config)
     return Path(run.path)
 
