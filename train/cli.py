@@ -1,6 +1,8 @@
-"""The commands' shared entry point: `cli.run(main)` in place of `sys.exit(app.run(main))`.
+"""The commands' shared entry point: `cli.run(main)` in place of `sys.exit(app.run(main))`;
+and `decode_lines`, how train.translate and train.exported read their input's lines.
 
-Every command (`python -m train`, `train.evaluate`, `train.translate`, `train.convert_marian`)
+Every command (`python -m train`, `train.evaluate`, `train.translate`, `train.convert_marian`,
+`train.export`, `train.exported`, `train.serve`)
 reports a failure as ONE line on stderr, sometimes followed by one hint line, and exits with a
 non-zero status:
 
