@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from absl import flags
 
+from train.data.vocabulary import ALIGNMENT_UNITS
+
 ALIGNMENTS = flags.DEFINE_bool(
     "alignments", False, "Add hard word alignments (Pharaoh format: source-target indices)."
 )
 ALIGNMENT_UNITS = flags.DEFINE_enum(
-    "alignment_units", "word", ["word", "piece"], "Align words (pieces merged) or tokens."
+    "alignment_units", "word", list(ALIGNMENT_UNITS), "Align words (pieces merged) or tokens."
 )
 ALIGNMENT_LAYER = flags.DEFINE_string(
     "alignment_layer",

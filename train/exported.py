@@ -36,7 +36,7 @@ from absl import app, flags, logging
 
 from flax_transformer import alignment  # NumPy only: no flax
 from train import alignment_flags, cli, compilation_cache
-from train.data.vocabulary import Vocabulary, read_vocabulary
+from train.data.vocabulary import Vocabulary, alignment_units, output_ids, read_vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -102,6 +102,7 @@ class ExportedTranslator:
         self.vocabulary = vocabulary
         self.bucket_lengths: list[int] = list(manifest["bucket_lengths"])
         self.methods: list[str] = list(manifest["methods"])
+        self.eos_id, self.pad_id = manifest["ids"]["eos"], manifest["ids"]["pad"]
         self._calls: dict[tuple[str, int], Any] = {}
 
     @classmethod
@@ -190,12 +191,12 @@ class ExportedTranslator:
             chunk = order[start : start + batch_size]
             length = next(n for n in self.bucket_lengths if n >= len(sources[chunk[-1]]))
             rows = min(batch_size, 1 << (len(chunk) - 1).bit_length())
-            source = np.full((rows, length), self.manifest["ids"]["pad"], np.int32)
+            source = np.full((rows, length), self.pad_id, np.int32)
             for row, index in enumerate(chunk):
                 source[row, : len(sources[index])] = sources[index]
             outputs = self._call(method, length, source)
             for row, index in enumerate(chunk):
-                ids = self._output_ids(outputs["tokens"][row])
+                ids = output_ids(outputs["tokens"][row], self.eos_id, self.pad_id)
                 attention = None
                 if "attention" in outputs:
                     attention = outputs["attention"][row, : len(ids), 0, 0, : len(sources[index])]
@@ -205,13 +206,6 @@ class ExportedTranslator:
                 )
         empty = ExportedTranslation(text="", source_ids=[], ids=[])
         return [results.get(index, empty) for index in range(len(lines))]
-
-    def _output_ids(self, row: np.ndarray) -> list[int]:
-        ids = [int(t) for t in row]
-        eos, pad = self.manifest["ids"]["eos"], self.manifest["ids"]["pad"]
-        if eos in ids:
-            return ids[: ids.index(eos) + 1]
-        return [t for t in ids if t != pad]
 
     def alignment(
         self, translation: ExportedTranslation, units: str = "word"
@@ -226,14 +220,9 @@ class ExportedTranslator:
             raise ValueError("this translator was exported without --alignments")
         if not translation.ids:
             return []
-        source_words = self.vocabulary.word_indices(translation.source_ids)
-        target_words = self.vocabulary.word_indices(translation.ids)
-        if units == "piece":
-            source_words = [i if w >= 0 else -1 for i, w in enumerate(source_words)]
-            target_words = [i if w >= 0 else -1 for i, w in enumerate(target_words)]
-        elif units != "word":
-            raise ValueError(f"units must be 'word' or 'piece', got {units!r}")
-        return alignment.hard_alignment(translation.attention, source_words, target_words)
+        source = alignment_units(self.vocabulary, translation.source_ids, units)
+        target = alignment_units(self.vocabulary, translation.ids, units)
+        return alignment.hard_alignment(translation.attention, source, target)
 
 
 # ---------------------------------------------------------------------------------------------

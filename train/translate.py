@@ -64,6 +64,7 @@ from flax_transformer import alignment, checks
 from flax_transformer.decoding import AttentionSelection
 from train import alignment_flags, cli, compilation_cache, inference_flags
 from train.alignment_flags import parse_index_or_mean
+from train.data.vocabulary import ALIGNMENT_UNITS, alignment_units, output_ids
 
 STATUS_LINES_SKIPPED = 65  # sysexits' EX_DATAERR: the input data was incorrect
 
@@ -205,7 +206,7 @@ def translate_lines_in_detail(
             if index < 0:
                 continue
             source_ids = [int(t) for t in batch["source"][row] if t != vocabulary.pad_id]
-            ids = _output_ids(decoded.tokens[row], vocabulary)
+            ids = output_ids(decoded.tokens[row], vocabulary.eos_id, vocabulary.pad_id)
             weights = None
             if decoded.attention is not None:
                 weights = decoded.attention[row, : len(ids), ..., : len(source_ids)]
@@ -218,14 +219,6 @@ def translate_lines_in_detail(
             )
     empty = Translation(text="", source_ids=[], ids=[])
     return [translations.get(index, empty) for index in range(len(lines))]
-
-
-def _output_ids(row: np.ndarray, vocabulary) -> list[int]:
-    """An output row up to and including its first eos (the rest is padding)."""
-    ids = [int(t) for t in row]
-    if vocabulary.eos_id in ids:
-        return ids[: ids.index(vocabulary.eos_id) + 1]
-    return [t for t in ids if t != vocabulary.pad_id]
 
 
 def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int) -> list[str]:
@@ -242,7 +235,6 @@ def translate_lines(run, vocabulary, lines: list[str], options, batch_size: int)
 # ---------------------------------------------------------------------------------------------
 # Alignments and the output formats
 # ---------------------------------------------------------------------------------------------
-ALIGNMENT_UNITS = ("word", "piece")
 ATTENTION_OUTPUTS = ("none", "selected", "all")
 
 
@@ -296,12 +288,9 @@ def alignment_links(
     if options.attention == "all":
         weights = np.asarray(options.selection(config).select(weights))
     weights = weights[:, 0, 0, :]  # one layer (or their mean), one head (or their mean)
-    source_words = vocabulary.word_indices(translation.source_ids)
-    target_words = vocabulary.word_indices(translation.ids)
-    if options.units == "piece":
-        source_words = [i if w >= 0 else -1 for i, w in enumerate(source_words)]
-        target_words = [i if w >= 0 else -1 for i, w in enumerate(target_words)]
-    return alignment.hard_alignment(weights, source_words, target_words)
+    source = alignment_units(vocabulary, translation.source_ids, options.units)
+    target = alignment_units(vocabulary, translation.ids, options.units)
+    return alignment.hard_alignment(weights, source, target)
 
 
 def text_line(translation: Translation, links: list[tuple[int, int]] | None) -> str:

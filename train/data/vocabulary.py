@@ -455,6 +455,36 @@ def vocabulary_identity(vocabulary: Vocabulary) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Decoded rows and alignment units (train.translate, train.exported, train.serve)
+# ---------------------------------------------------------------------------------------------
+ALIGNMENT_UNITS = ("word", "piece")
+
+
+def output_ids(row: Iterable[int], eos_id: int, pad_id: int) -> list[int]:
+    """A decoded output row up to and including its first eos (the rest is padding); a row
+    without eos loses only its padding."""
+    ids = [int(t) for t in row]
+    if eos_id in ids:
+        return ids[: ids.index(eos_id) + 1]
+    return [t for t in ids if t != pad_id]
+
+
+def alignment_units(vocabulary: Vocabulary, ids: Sequence[int], units: str) -> list[int]:
+    """The unit each token of `ids` is aligned as: its word (`word_indices`, units="word") or
+    itself (its position, units="piece"); -1 for a token of no word (pad, bos, eos, ...).
+
+    Raises:
+      ValueError: for units other than "word" and "piece".
+    """
+    if units not in ALIGNMENT_UNITS:
+        raise ValueError(f"alignment units must be one of {list(ALIGNMENT_UNITS)}, got {units!r}")
+    words = vocabulary.word_indices(ids)
+    if units == "piece":
+        return [i if w >= 0 else -1 for i, w in enumerate(words)]
+    return words
+
+
+# ---------------------------------------------------------------------------------------------
 # Files that rebuild a vocabulary (an exported translator's tokenizer: train.export)
 # ---------------------------------------------------------------------------------------------
 WORDS_FILE = "words.json"  # a WordVocabulary's tokens, id = index

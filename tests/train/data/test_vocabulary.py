@@ -21,6 +21,8 @@ from train.data.vocabulary import (
     SentencePieceVocabulary,
     Vocabulary,
     WordVocabulary,
+    alignment_units,
+    output_ids,
     piece_word_indices,
     read_vocabulary,
     write_vocabulary,
@@ -142,6 +144,21 @@ def test_written_files_rebuild_each_kind(vocabularies, tmp_path) -> None:
     (tmp_path / "changed" / "words.json").unlink()
     with pytest.raises(FileNotFoundError, match="words.json is missing"):
         read_vocabulary(tmp_path / "changed", record)
+
+
+def test_output_ids_and_alignment_units_by_hand(vocabularies) -> None:
+    assert output_ids([7, 8, 2, 0, 0], eos_id=2, pad_id=0) == [7, 8, 2]
+    assert output_ids([7, 2, 9, 2], eos_id=2, pad_id=0) == [7, 2]  # the first eos ends it
+    assert output_ids([7, 8, 0, 0], eos_id=2, pad_id=0) == [7, 8]  # no eos: padding dropped
+    words = vocabularies["words"]
+    ids = [*words.encode("forty 7"), words.eos_id]  # forty, 7, </s>
+    assert alignment_units(words, ids, "word") == [0, 1, -1]
+    sentencepiece = vocabularies["sentencepiece"]
+    ids = [*sentencepiece.encode("the dog"), sentencepiece.eos_id]
+    assert alignment_units(sentencepiece, ids, "piece") == [*range(len(ids) - 1), -1]
+    assert alignment_units(sentencepiece, ids, "word") == sentencepiece.word_indices(ids)
+    with pytest.raises(ValueError, match=r"alignment units must be one of \['word', 'piece'\]"):
+        alignment_units(words, ids, "letter")
 
 
 def test_declared_values() -> None:
