@@ -55,6 +55,54 @@ def ban_token(scores: Array, banned_id: int | None) -> Array:
     return scores.at[..., banned_id].set(NEG_INF)
 
 
+# The chunk of `largest_k`'s first pass on CPU: runs of adjacent tokens, summarised by their max.
+TOP_K_CHUNK = 256
+
+
+def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
+    """`jax.lax.top_k` of values [rows, n] in two passes (n >= 2 * k * TOP_K_CHUNK).
+
+    The k largest values of a row lie in the k chunks with the largest maxima: a value in any
+    other chunk has at least k larger ones (those chunks' maxima). So the first pass takes each
+    chunk's max (a vectorised reduction), the second runs top_k over the chosen chunks, in
+    token order, and over the tail of fewer than TOP_K_CHUNK tokens. Ties go to the lower index
+    in both passes, so values and indices equal top_k's.
+    """
+    rows, n = values.shape
+    chunks = n // TOP_K_CHUNK
+    whole = values[:, : chunks * TOP_K_CHUNK].reshape(rows, chunks, TOP_K_CHUNK)
+    _, chosen = jax.lax.top_k(jnp.max(whole, axis=-1), k)
+    chosen = jnp.sort(chosen, axis=-1)  # token order, so that ties still go to the lower index
+    candidates = jnp.take_along_axis(whole, chosen[:, :, None], axis=1).reshape(rows, -1)
+    candidates = jnp.concatenate([candidates, values[:, chunks * TOP_K_CHUNK :]], axis=-1)
+    top_values, positions = jax.lax.top_k(candidates, k)
+    in_chunks = k * TOP_K_CHUNK
+    chunk = jnp.take_along_axis(chosen, jnp.minimum(positions // TOP_K_CHUNK, k - 1), axis=-1)
+    indices = jnp.where(
+        positions < in_chunks,
+        chunk * TOP_K_CHUNK + positions % TOP_K_CHUNK,
+        chunks * TOP_K_CHUNK + positions - in_chunks,
+    )
+    return top_values, indices
+
+
+def largest_k(values: Array, k: int) -> tuple[Array, Array]:
+    """`jax.lax.top_k` over the last axis of values [rows, n]: (the k largest, best first;
+    their int32 indices), ties to the lower index. `k` is a Python int <= n.
+
+    Equal to `jax.lax.top_k`, value for value and index for index. On CPU a row much longer
+    than k (a vocabulary) goes through `_top_k_by_chunks`: XLA's CPU top-k kernel compares
+    every element in scalar code, a max over chunks is vectorised (see the README's figures).
+    """
+    if values.shape[-1] < 2 * k * TOP_K_CHUNK:
+        return tuple(jax.lax.top_k(values, k))
+    return jax.lax.platform_dependent(
+        values,
+        cpu=lambda values: _top_k_by_chunks(values, k),
+        default=lambda values: tuple(jax.lax.top_k(values, k)),
+    )
+
+
 def repeat_rows(tree: Any, copies: int) -> Any:
     """Every leaf [rows, ...] -> [rows * copies, ...]: row r * copies + k is a copy of row r."""
     return jax.tree.map(lambda leaf: jnp.repeat(leaf, copies, axis=0), tree)
@@ -155,8 +203,8 @@ def greedy_search(tokens_to_logits: StepFunction, cache: Any, **loop: Any) -> Ar
     """
 
     def most_likely(logits: Array, step: Array) -> Array:
-        # The first maximum, as argmax; XLA's CPU top-k kernel finds it faster than argmax.
-        return jax.lax.top_k(logits, 1)[1][:, 0]
+        # The first maximum, as argmax; `largest_k` finds it faster than argmax on CPU.
+        return largest_k(logits, 1)[1][:, 0]
 
     return token_by_token(tokens_to_logits, cache, most_likely, **loop)
 
@@ -170,7 +218,7 @@ def top_k_filter(logits: Array, k: int) -> Array:
         return logits
     # The k-th largest as the min of the top k: indexing [..., -1] instead stops XLA from using
     # its top-k kernel on CPU (it falls back to a full sort).
-    kth_largest = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)
+    kth_largest = jnp.min(largest_k(logits, k)[0], axis=-1, keepdims=True)
     return jnp.where(logits >= kth_largest, logits, NEG_INF)
 
 
@@ -231,23 +279,9 @@ def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _sum_exp_shifted(logits: Array, row_max: Array) -> Array:
-    """sum(exp(logits - row_max)) over each row: [rows, vocab], [rows, 1] -> [rows, 1]."""
-    # On CPU one row at a time (`lax.map`): XLA's CPU backend fuses the exp and the row sum of
-    # a whole [rows, vocab] array into a slower loop than one row's (see the README's figures).
-
-    def one_row(row: tuple[Array, Array]) -> Array:
-        return jnp.sum(jnp.exp(row[0] - row[1]), keepdims=True)
-
-    return jax.lax.platform_dependent(
-        logits,
-        row_max,
-        cpu=lambda logits, row_max: jax.lax.map(one_row, (logits, row_max)),
-        default=lambda logits, row_max: jnp.sum(jnp.exp(logits - row_max), -1, keepdims=True),
-    )
-
-
-def best_log_probs(logits: Array, k: int, banned_id: int | None = None) -> tuple[Array, Array]:
+def best_log_probs(
+    logits: Array, k: int, banned_id: int | None = None, rows_per_block: int = 1
+) -> tuple[Array, Array]:
     """Each row's k most likely tokens but `banned_id`, with their log-probabilities: (float32
     [rows, n], int32 [rows, n]), most likely first, n = k (k + 1 with a banned id; at most vocab).
 
@@ -256,15 +290,30 @@ def best_log_probs(logits: Array, k: int, banned_id: int | None = None) -> tuple
     keeps its share of the normaliser but is never chosen: one more token is taken, and the
     banned one, if among them, gets -inf. Ties go to the lower token id; tokens whose logits
     differ but whose log-probabilities round to the same float32 rank by their logits.
+
+    rows_per_block (a divisor of rows; beam search passes its beam size): on CPU the rows are
+    taken that many at a time (`lax.map`), so that a block's logits stay in the processor's
+    cache from the top-k to the normaliser; XLA's CPU backend also runs the exp and row sum of
+    a whole [rows, vocab] array slower than of a few rows at a time. It changes no result.
     """
     vocab = logits.shape[-1]
-    top_logits, tokens = jax.lax.top_k(logits, min(k + (banned_id is not None), vocab))
-    # log_softmax(x) = (x - max) - log(sum(exp(x - max))). The max is the first of the top k,
-    # read with a reduction: a slice of top_k's output stops XLA's CPU backend from using its
-    # top-k kernel (it falls back to sorting the whole row).
-    row_max = jnp.max(top_logits, axis=-1, keepdims=True)
-    log_normaliser = jnp.log(_sum_exp_shifted(logits, row_max))
-    log_probs = (top_logits - row_max) - log_normaliser
+    n = min(k + (banned_id is not None), vocab)
+
+    def block_log_probs(logits: Array) -> tuple[Array, Array]:
+        top_logits, tokens = largest_k(logits, n)
+        # log_softmax(x) = (x - max) - log(sum(exp(x - max))). The max is the first of the top
+        # k, read with a reduction: a slice of top_k's output stops XLA's CPU backend from
+        # using its top-k kernel (it falls back to sorting the whole row).
+        row_max = jnp.max(top_logits, axis=-1, keepdims=True)
+        log_normaliser = jnp.log(jnp.sum(jnp.exp(logits - row_max), -1, keepdims=True))
+        return (top_logits - row_max) - log_normaliser, tokens
+
+    def by_blocks(logits: Array) -> tuple[Array, Array]:
+        blocks = logits.reshape(-1, rows_per_block, vocab)
+        log_probs, tokens = jax.lax.map(block_log_probs, blocks)
+        return log_probs.reshape(-1, n), tokens.reshape(-1, n)
+
+    log_probs, tokens = jax.lax.platform_dependent(logits, cpu=by_blocks, default=block_log_probs)
     if banned_id is not None:
         log_probs = jnp.where(tokens == banned_id, NEG_INF, log_probs)
     return log_probs, tokens
@@ -399,7 +448,7 @@ def beam_step(
     )
     # The 2 * beam best extensions of a sentence are among the 2 * beam best of each of its
     # hypotheses: only those get a log-probability and enter the sentence's top-k.
-    log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id)
+    log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id, beam_size)
     per_row = log_probs.shape[-1]
     candidates = state.alive_log_probs[:, :, None] + log_probs.reshape(batch, beam_size, per_row)
 

@@ -389,6 +389,83 @@ def test_best_log_probs_match_numpy_log_softmax() -> None:
     assert tokens.shape == (4, 2) and set(np.asarray(tokens[0]).tolist()) == {0, 1}
 
 
+def numpy_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: a stable sort of each row, largest first (ties: the lower index first)."""
+    order = np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    return np.take_along_axis(values, order, axis=-1), order
+
+
+def large_k_cases() -> list[np.ndarray]:
+    """Rows long enough for the two-pass path on CPU (n >= 2 * k * TOP_K_CHUNK for k <= 5)."""
+    rng = np.random.default_rng(7)
+    n = 10 * search.TOP_K_CHUNK + 77  # a tail of 77 tokens after the last whole chunk
+    distinct = rng.standard_normal((6, n)).astype(np.float32)
+    last_whole = 10 * search.TOP_K_CHUNK
+    distinct[0, n - 1] = 100.0  # the best token in the tail
+    distinct[1, last_whole - 1], distinct[1, last_whole] = 50.0, 49.0  # across the boundary
+    distinct[2, :] = -np.inf  # a row of banned tokens but three
+    distinct[2, [5, 900, n - 2]] = [1.0, 3.0, 2.0]
+    ties = rng.integers(0, 3, (6, n)).astype(np.float32)  # thousands of ties for every place
+    ties[3, :] = 0.0
+    ties[4, ::1000] = 2.0  # ties spread over chunks
+    return [distinct, ties]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_largest_k_equals_a_stable_sort_on_long_rows(k) -> None:
+    for values in large_k_cases():
+        expected_values, expected_indices = numpy_top_k(values, k)
+        for function in (search.largest_k, search._top_k_by_chunks):
+            top_values, indices = map(np.asarray, jax.jit(function, static_argnums=1)(values, k))
+            assert indices.dtype == np.int32
+            np.testing.assert_array_equal(indices, expected_indices)
+            np.testing.assert_array_equal(top_values, expected_values)
+
+
+def test_largest_k_on_short_rows_is_top_k() -> None:
+    values = np.random.default_rng(8).integers(0, 4, (3, 40)).astype(np.float32)
+    top_values, indices = map(np.asarray, search.largest_k(values, 6))
+    expected_values, expected_indices = numpy_top_k(values, 6)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_array_equal(top_values, expected_values)
+
+
+def test_best_log_probs_in_blocks_match_numpy_on_a_large_vocabulary() -> None:
+    """The beam search call: blocks of 4 rows (a sentence's beams), k = 8 and a banned id, a
+    vocabulary long enough for the two-pass top-k, against log_softmax in float64."""
+    rng = np.random.default_rng(9)
+    logits = (rng.standard_normal((8, 5000)) * 3).astype(np.float32)
+    banned = int(np.argmax(logits[5]))
+    log_softmax = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    log_probs, tokens = map(np.asarray, search.best_log_probs(logits, 8, banned, 4))
+    assert log_probs.shape == tokens.shape == (8, 9)
+    for row in range(8):
+        order = [t for t in np.argsort(-log_softmax[row], kind="stable") if t != banned][:8]
+        finite = np.isfinite(log_probs[row])
+        np.testing.assert_array_equal(tokens[row][finite][:8], order)
+        np.testing.assert_allclose(log_probs[row][finite][:8], log_softmax[row, order], rtol=1e-5)
+    assert not np.isfinite(log_probs[5]).all() and tokens[5, 0] == banned
+
+
+def test_the_fast_paths_export_with_a_symbolic_batch() -> None:
+    """jax.export (train.export) lowers the searches with a symbolic batch: the chunks' and the
+    blocks' reshapes must not need its value."""
+    (sentences,) = jax.export.symbolic_shape("b")
+    rng = np.random.default_rng(10)
+    logits = rng.standard_normal((12, 5000)).astype(np.float32)
+
+    def beam_and_greedy_picks(logits):
+        return search.best_log_probs(logits, 8, 0, 4), search.largest_k(logits, 1)
+
+    exported = jax.export.export(jax.jit(beam_and_greedy_picks))(
+        jax.ShapeDtypeStruct((4 * sentences, 5000), jnp.float32)
+    )
+    for rows in (4, 12):
+        got = jax.tree.map(np.asarray, exported.call(logits[:rows]))
+        want = jax.tree.map(np.asarray, beam_and_greedy_picks(logits[:rows]))
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def test_strip_after_eos() -> None:
     tokens = np.array([[5, 6, EOS, 7, 0], [5, 0, 6, 0, 0], [EOS, 0, 0, 0, 0]])
     assert search.strip_after_eos(tokens, EOS, 0) == [[5, 6], [5, 6], []]
