@@ -38,6 +38,14 @@ def random_sources(config, batch, padded_len, seed=0):
     return ids
 
 
+def unreachable_eos(config, params):
+    """Host copies of `params` with eos's embedding row zero: fixed-length outputs."""
+    params = jax.tree.map(np.array, params)
+    embedding = "shared_embedding" if config.share_embeddings else "target_embedding"
+    params[embedding]["embedding"][EOS] = 0.0
+    return params
+
+
 def decoders(config, max_length, beam_size):
     """Each method as a function of (params, source, rng) that returns output tokens."""
     common = dict(bos_id=BOS, eos_id=EOS, max_length=max_length, check_inputs=False)
@@ -97,9 +105,7 @@ def main() -> None:
     config = ft.TransformerConfig.preset(
         args.preset, **{name: value for name, value in overrides.items() if value is not None}
     )
-    params = jax.tree.map(np.array, ft.init_params(config, jax.random.key(0)))
-    embedding = "shared_embedding" if config.share_embeddings else "target_embedding"
-    params[embedding]["embedding"][EOS] = 0.0  # eos unreachable: fixed-length outputs
+    params = unreachable_eos(config, ft.init_params(config, jax.random.key(0)))
     source = random_sources(config, args.batch, args.source_len)
     max_length = args.max_length or None
     device = jax.devices()[0]

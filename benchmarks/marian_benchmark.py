@@ -28,9 +28,11 @@ with `jit(...).lower(...).compile()` before timing: the compile column; with --w
 row loads them from JAX's persistent compilation cache, filled by an unmeasured run, as
 `train.translate` does by default: XLA's compiler then adds nothing to the peak). CTranslate2:
 `Translator.translate_batch(beam_size=1 or 4)` on the token strings of the converted vocabulary
-(id i is its i-th token), with `CT2_USE_MKL=1` unless the environment sets it: unset,
-CTranslate2 uses Intel MKL, its fast path, only on Intel CPUs (so the setting matters on AMD
-CPUs and is harmless elsewhere). Hugging Face: `model.generate(num_beams=1 or 4,
+(id i is its i-th token), once with each of its CPU backends on this machine: `CT2_USE_MKL=1`
+(Intel MKL, which CTranslate2 uses unasked only on Intel CPUs) and `CT2_USE_MKL=0` (its
+default elsewhere: oneDNN and its own kernels); `--ct2-mkl` picks one. Which is faster varies
+from run to run on an AMD CPU, so ours is compared with the faster one of each method.
+Hugging Face: `model.generate(num_beams=1 or 4,
 do_sample=False)` under `torch.inference_mode()`, sources padded per batch. All use every core
 this process may run on (`taskset` narrows them), or the GPU where there is one (then the last
 column is each framework's own peak GPU allocation; CTranslate2 reports none). Without
@@ -77,6 +79,9 @@ BUCKETS = (16, 32, 64, 128)
 EXTRA_OUTPUT_LENGTH = 50  # the paper's source length + 50 (flax_transformer.checks)
 IMPLEMENTATIONS = ("ours", "ctranslate2", "hugging_face")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+CT2_BACKENDS = {"1": "ctranslate2 (MKL)", "0": "ctranslate2 (no MKL)"}
 
 
 def import_ctranslate2():
@@ -352,6 +357,12 @@ def main() -> None:
         help="add a row for ours with a warm persistent compilation cache (as train.translate "
         "runs by default): one unmeasured run fills the cache, the next is measured",
     )
+    parser.add_argument(
+        "--ct2-mkl",
+        choices=["1", "0", "both"],
+        default="both",
+        help="CTranslate2's CT2_USE_MKL: a row for each value by default",
+    )
     parser.add_argument("--compilation-cache", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", help=argparse.SUPPRESS)
@@ -392,15 +403,17 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|")
         results = {}
-        rows = [
-            (implementation, cached)
-            for implementation in args.implementations
-            for cached in (
-                [False, True] if implementation == "ours" and args.warm_cache else [False]
-            )
-        ]
+        # (implementation, warm compilation cache, CT2_USE_MKL)
+        rows = []
+        for implementation in args.implementations:
+            if implementation == "ctranslate2":
+                mkl = ["1", "0"] if args.ct2_mkl == "both" else [args.ct2_mkl]
+                rows += [(implementation, False, value) for value in mkl]
+            else:
+                warm = [False, True] if implementation == "ours" and args.warm_cache else [False]
+                rows += [(implementation, cached, None) for cached in warm]
         for method in args.methods:
-            for implementation, cached in rows:
+            for implementation, cached, mkl in rows:
                 if implementation in missing:
                     print(f"| {implementation} | {method} | {missing[implementation]} |")
                     continue
@@ -420,8 +433,12 @@ def main() -> None:
                 if cached:  # the first run fills the cache, the second is measured
                     command.append(f"--compilation-cache={scratch / f'jax-cache-{method}'}")
                     subprocess.run(command, capture_output=True, check=False)
-                output = subprocess.run(command, capture_output=True, text=True, check=False)
+                environment = None if mkl is None else {**os.environ, "CT2_USE_MKL": mkl}
+                output = subprocess.run(
+                    command, capture_output=True, text=True, check=False, env=environment
+                )
                 name = f"{implementation} (warm cache)" if cached else implementation
+                name = CT2_BACKENDS[mkl] if mkl is not None else name
                 if output.returncode != 0:
                     print(f"| {name} | {method} | failed: {output.stderr[-300:]!r} |")
                     continue
@@ -437,6 +454,10 @@ def main() -> None:
                     f"{'-' if gpu is None else format(gpu, ',.0f')} |",
                     flush=True,
                 )
+        for method in args.methods:  # the faster CTranslate2 backend of each method
+            backends = [results[n, method] for n in CT2_BACKENDS.values() if (n, method) in results]
+            if backends:
+                results["ctranslate2", method] = max(backends, key=lambda r: r["sentences_per_s"])
         if ("ours", "greedy") in results and ("ctranslate2", "greedy") in results:
             log_prob_check = log_prob_difference(scratch / "model", scratch / "ct2", sources)
         else:
@@ -444,6 +465,7 @@ def main() -> None:
 
     both = [m for m in args.methods if ("ours", m) in results and ("ctranslate2", m) in results]
     if both:
+        print("\nCT2: the faster of its rows for each method.")
         print("\n| method | ours / CT2 speed | ours / CT2 peak memory |\n|---|---|---|")
         for method in both:
             ours, ct2 = results["ours", method], results["ctranslate2", method]
@@ -463,7 +485,9 @@ def main() -> None:
             )
     print()
     for (implementation, method), theirs in results.items():
-        if not implementation.startswith("ours") and ("ours", method) in results:
+        if implementation in CT2_BACKENDS.values() or implementation == "hugging_face":
+            if ("ours", method) not in results:
+                continue
             same = agreement(results["ours", method]["tokens"], theirs["tokens"])
             print(f"{method}, {implementation} against ours: {same}")
     if log_prob_check:
