@@ -104,7 +104,12 @@ def test_converted_workdir_evaluates_and_refuses_to_resume(converted_workdir):
     result = _run("train.evaluate", f"--workdir={workdir}", "--split=test", "--decoding=greedy")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BLEU = " in result.stdout and "12 sentences" in result.stdout
-    result = _run("train", f"--workdir={workdir}", "--config=train/configs/multi30k.py")
+    result = _run(
+        "train",
+        f"--workdir={workdir}",
+        "--config=train/configs/multi30k.py",
+        f"--config.data_path={workdir.parent / 'data'}",  # the fixture's, so the data is no issue
+    )
     assert result.returncode != 0
     assert "holds imported parameters only" in result.stderr
 
