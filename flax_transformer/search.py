@@ -60,7 +60,7 @@ TOP_K_CHUNK = 256
 
 
 def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
-    """`jax.lax.top_k` of values [rows, n] in two passes (n >= 2 * k * TOP_K_CHUNK).
+    """`jax.lax.top_k` of values [..., n] in two passes (n >= 2 * k * TOP_K_CHUNK).
 
     The k largest values of a row lie in the k chunks with the largest maxima: a value in any
     other chunk has at least k larger ones (those chunks' maxima). So the first pass takes each
@@ -68,7 +68,9 @@ def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
     token order, and over the tail of fewer than TOP_K_CHUNK tokens. Ties go to the lower index
     in both passes, so values and indices equal top_k's.
     """
-    rows, n = values.shape
+    leading, n = values.shape[:-1], values.shape[-1]
+    values = values.reshape(-1, n)
+    rows = values.shape[0]
     chunks = n // TOP_K_CHUNK
     whole = values[:, : chunks * TOP_K_CHUNK].reshape(rows, chunks, TOP_K_CHUNK)
     _, chosen = jax.lax.top_k(jnp.max(whole, axis=-1), k)
@@ -83,12 +85,12 @@ def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
         chunk * TOP_K_CHUNK + positions % TOP_K_CHUNK,
         chunks * TOP_K_CHUNK + positions - in_chunks,
     )
-    return top_values, indices
+    return top_values.reshape(*leading, k), indices.reshape(*leading, k)
 
 
 def largest_k(values: Array, k: int) -> tuple[Array, Array]:
-    """`jax.lax.top_k` over the last axis of values [rows, n]: (the k largest, best first;
-    their int32 indices), ties to the lower index. `k` is a Python int <= n.
+    """`jax.lax.top_k` over the last axis of values [..., n]: (the k largest, best first;
+    their int32 indices, [..., k]), ties to the lower index. `k` is a Python int <= n.
 
     Equal to `jax.lax.top_k`, value for value and index for index. On CPU a row much longer
     than k (a vocabulary) goes through `_top_k_by_chunks`: XLA's CPU top-k kernel compares

@@ -422,6 +422,21 @@ def test_largest_k_equals_a_stable_sort_on_long_rows(k) -> None:
             np.testing.assert_array_equal(top_values, expected_values)
 
 
+def test_largest_k_keeps_any_leading_axes() -> None:
+    values = large_k_cases()[0]
+    expected_values, expected_indices = numpy_top_k(values, 3)
+    for shape in ((2, 3), ()):
+        rows = values[: int(np.prod(shape))].reshape(*shape, -1)
+        top_values, indices = map(np.asarray, search.largest_k(rows, 3))
+        assert indices.shape == (*shape, 3)
+        np.testing.assert_array_equal(
+            indices.reshape(-1, 3), expected_indices[: len(indices.reshape(-1, 3))]
+        )
+        np.testing.assert_array_equal(
+            top_values.reshape(-1, 3), expected_values[: len(indices.reshape(-1, 3))]
+        )
+
+
 def test_largest_k_on_short_rows_is_top_k() -> None:
     values = np.random.default_rng(8).integers(0, 4, (3, 40)).astype(np.float32)
     top_values, indices = map(np.asarray, search.largest_k(values, 6))
