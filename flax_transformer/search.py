@@ -64,27 +64,34 @@ def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
 
     The k largest values of a row lie in the k chunks with the largest maxima: a value in any
     other chunk has at least k larger ones (those chunks' maxima). So the first pass takes each
-    chunk's max (a vectorised reduction), the second runs top_k over the chosen chunks, in
-    token order, and over the tail of fewer than TOP_K_CHUNK tokens. Ties go to the lower index
+    chunk's max (a vectorised reduction; the last chunk may be shorter), the second runs top_k
+    over the chosen chunks, in token order. Ties go to the lower index
     in both passes, so values and indices equal top_k's.
     """
     leading, n = values.shape[:-1], values.shape[-1]
     values = values.reshape(-1, n)
-    rows = values.shape[0]
-    chunks = n // TOP_K_CHUNK
-    whole = values[:, : chunks * TOP_K_CHUNK].reshape(rows, chunks, TOP_K_CHUNK)
-    _, chosen = jax.lax.top_k(jnp.max(whole, axis=-1), k)
-    chosen = jnp.sort(chosen, axis=-1)  # token order, so that ties still go to the lower index
-    candidates = jnp.take_along_axis(whole, chosen[:, :, None], axis=1).reshape(rows, -1)
-    candidates = jnp.concatenate([candidates, values[:, chunks * TOP_K_CHUNK :]], axis=-1)
-    top_values, positions = jax.lax.top_k(candidates, k)
-    in_chunks = k * TOP_K_CHUNK
-    chunk = jnp.take_along_axis(chosen, jnp.minimum(positions // TOP_K_CHUNK, k - 1), axis=-1)
-    indices = jnp.where(
-        positions < in_chunks,
-        chunk * TOP_K_CHUNK + positions % TOP_K_CHUNK,
-        chunks * TOP_K_CHUNK + positions - in_chunks,
+    chunks = -(-n // TOP_K_CHUNK)  # the last one padded with -inf
+    # A windowed max over the row as it is: slicing off the tail first copies the row.
+    maxima = jax.lax.reduce_window(
+        values,
+        NEG_INF,
+        jax.lax.max,
+        (1, TOP_K_CHUNK),
+        (1, TOP_K_CHUNK),
+        ((0, 0), (0, chunks * TOP_K_CHUNK - n)),
     )
+    _, chosen = jax.lax.top_k(maxima, k)
+    chosen = jnp.sort(chosen, axis=-1)  # token order, so that ties still go to the lower index
+    candidate_ids = (chosen[:, :, None] * TOP_K_CHUNK + jnp.arange(TOP_K_CHUNK)).reshape(
+        values.shape[0], -1
+    )
+    # Ids past the row's end (in the padded last chunk) come last and read -inf, so they are
+    # never taken before a real token, not even one whose value is -inf.
+    candidates = jnp.take_along_axis(
+        values, candidate_ids, axis=-1, mode="fill", fill_value=NEG_INF
+    )
+    top_values, positions = jax.lax.top_k(candidates, k)
+    indices = jnp.take_along_axis(candidate_ids, positions, axis=-1)
     return top_values.reshape(*leading, k), indices.reshape(*leading, k)
 
 
