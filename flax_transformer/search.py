@@ -65,8 +65,8 @@ def _top_k_by_chunks(values: Array, k: int) -> tuple[Array, Array]:
     The k largest values of a row lie in the k chunks with the largest maxima: a value in any
     other chunk has at least k larger ones (those chunks' maxima). So the first pass takes each
     chunk's max (a vectorised reduction; the last chunk may be shorter), the second runs top_k
-    over the chosen chunks, in token order. Ties go to the lower index
-    in both passes, so values and indices equal top_k's.
+    over the chosen chunks, in token order. Ties go to the lower index in both passes, so
+    values and indices equal top_k's.
     """
     leading, n = values.shape[:-1], values.shape[-1]
     values = values.reshape(-1, n)
