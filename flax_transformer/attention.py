@@ -63,26 +63,46 @@ def cached_dot_product_attention(
     query: Array, transposed_key: Array, value: Array, mask: Array | None = None
 ) -> tuple[Array, Array]:
     """Attention over a decoding cache: the math of `scaled_dot_product_attention` (no dropout)
-    for keys stored transposed.
+    for keys stored transposed, in one cache or in slots.
 
-    query [..., q_len, d_k], transposed_key [..., d_k, k_len], value [..., k_len, d_v], the
-    same leading (batch, head) dimensions; mask broadcastable to [..., q_len, k_len]. Returns
-    (output [..., q_len, d_v], weights float32 [..., q_len, k_len]) as the reference path does:
-    fully masked rows give zeros; unused weights cost nothing under jit. Incremental decoding
-    keeps its keys in this layout: q Kᵀ is then a plain matrix product, which XLA's CPU backend
-    runs without copying the cache (a [k_len, d_k] operand is transposed first when q_len > 1).
+    query [..., q_len, d_k]. One cache that every query reads (cross-attention, greedy
+    decoding): transposed_key [..., d_k, k_len] and value [..., k_len, d_v] with the query's
+    leading (batch, head) dimensions. Slots (beam search, one per hypothesis: see
+    `flax_transformer.model.DecodingCache`): one more axis before those two, transposed_key
+    [..., slots, d_k, k_len] and value [..., slots, k_len, d_v], and every query attends over
+    the keys of every slot, one softmax over slots x k_len keys. mask broadcastable to
+    [..., (slots,) q_len, k_len]. Returns (output [..., q_len, d_v], weights float32 [...,
+    (slots,) q_len, k_len]) as the reference path does (over the slots' keys side by side):
+    fully masked rows give zeros; unused weights cost nothing under jit.
     """
     d_k = query.shape[-1]
+    slotted = transposed_key.ndim == query.ndim + 1
+    # Batched [q_len, d_k] x [d_k, k_len] and [q_len, k_len] x [k_len, d_v] products, one per
+    # slot: XLA's CPU backend runs them without copying the cache, and faster than one product
+    # over the slots' keys side by side (the layout beam search had before).
+    if slotted:
+        slots = transposed_key.shape[-3]
+        query = jnp.broadcast_to(
+            query[..., None, :, :], query.shape[:-2] + (slots,) + query.shape[-2:]
+        )
     logits = jnp.einsum(
         "...qd,...dk->...qk", query, transposed_key, preferred_element_type=jnp.float32
     )
     logits = logits / math.sqrt(d_k)
     if mask is not None:
         logits = jnp.where(mask, logits, MASK_VALUE)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(logits, axis=(-3, -1) if slotted else -1)
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
-    return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value), weights
+    if not slotted:
+        return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value), weights
+    per_slot = jnp.einsum(
+        "...qk,...kd->...qd",
+        weights.astype(value.dtype),
+        value,
+        preferred_element_type=jnp.float32,
+    )
+    return jnp.sum(per_slot, axis=-3).astype(value.dtype), weights
 
 
 def _check_shapes(query: Array, key: Array, value: Array, mask: Array | None) -> None:

@@ -205,7 +205,8 @@ class KeyValue:
 def to_cache_layout(key_value: KeyValue) -> KeyValue:
     """Keys and values [batch, len, heads, d_k] -> the layout of the decoding cache: keys
     transposed, [batch, heads, d_k, len], and values [batch, heads, len, d_k]
-    (`MultiHeadAttention.attend_cache` reads them without copying)."""
+    (`MultiHeadAttention.attend_cache` reads them without copying). Beam search's
+    self-attention cache adds a slot axis after heads (`DecoderLayer.decode_step`)."""
     return KeyValue(
         key=jnp.transpose(key_value.key, (0, 2, 3, 1)),
         value=jnp.transpose(key_value.value, (0, 2, 1, 3)),
@@ -292,13 +293,18 @@ class MultiHeadAttention(nn.Module):
 
     def attend_cache(self, inputs_q: Array, key_value: KeyValue, mask: Array | None) -> Array:
         """`attend` for incremental decoding (no dropout): inputs_q [b, q, d_model] attend over
-        keys and values in the cache layout (`to_cache_layout`) -> [b, q, d_model].
+        keys and values in the cache layout (`to_cache_layout`, or with slots: see
+        `DecoderLayer.decode_step`) -> [b, q, d_model]. The recorded weights are [b, h, q,
+        k_len], or [b, h, q, slots * k_len] slot by slot.
 
         Always `cached_dot_product_attention`, whatever `attention_implementation` is: a few
         queries against a cache leave nothing to fuse.
         """
         query = jnp.swapaxes(self.query(inputs_q), 1, 2)  # [b, h, q, d_k]
         heads, weights = cached_dot_product_attention(query, key_value.key, key_value.value, mask)
+        if weights.ndim == 5:  # [b, h, slots, q, k_len] -> [b, h, q, slots * k_len]
+            weights = jnp.swapaxes(weights, 2, 3)
+            weights = weights.reshape(weights.shape[:3] + (-1,))
         self.sow("intermediates", "attention_weights", weights)
         return self.output(jnp.swapaxes(heads, 1, 2))
 
@@ -462,13 +468,15 @@ class DecoderLayer(nn.Module):
           inputs: [batch, beams, d_model], the layer's input at target position `step` for
             each of a sentence's `beams` hypotheses (1 unless beam search).
           step: int32 scalar, that position.
-          self_attention_cache: one slot of positions per hypothesis, position t of slot j at
-            index t * beams + j: keys [batch, heads, d_k, cache_len * beams], values [batch,
-            heads, cache_len * beams, d_k]. Hypothesis k writes position `step` of slot k.
+          self_attention_cache: one slot of positions per hypothesis: keys [batch, heads,
+            beams, d_k, cache_len], values [batch, heads, beams, cache_len, d_k]; with one
+            beam, the one slot without its axis (`to_cache_layout`'s layout). Hypothesis k
+            writes position `step` of slot k.
           cross_attention_key_value: `cross_attention_key_value` in the cache layout, one per
             sentence (its hypotheses share it).
-          self_attention_mask: [batch, 1, beams, cache_len * beams], True where hypothesis k
-            reads position t of slot j (`masks.beam_step_mask`).
+          self_attention_mask: `masks.beam_step_mask`: [batch, 1, beams, beams, cache_len],
+            True at [b, 0, j, k, t] where hypothesis k reads position t from slot j ([batch,
+            1, 1, cache_len] with one beam).
           cross_attention_mask: the source padding mask, as in `__call__`.
 
         Returns:
@@ -481,21 +489,24 @@ class DecoderLayer(nn.Module):
         # The self-attention sub-layer, spelled out: the cache needs this position's keys and
         # values, which are projections of the sub-layer's input.
         h = sublayer_input(cfg, self.self_attention_norm, inputs)
-        # This position of every slot: keys [b, heads, d_k, beams], values [b, heads, beams, d_k].
-        new = to_cache_layout(self.self_attention.project_key_value(h))
-        beams = inputs.shape[1]
+        # Position `step` of every slot, hypothesis k's in slot k: [b, heads, beams, d_k], and
+        # [b, heads, d_k] with one beam: a unit axis in the cache would make XLA copy it.
+        new = self.self_attention.project_key_value(h)
+        new_key, new_value = (jnp.swapaxes(x, 1, 2) for x in (new.key, new.value))
+        if inputs.shape[1] == 1:
+            new_key, new_value = new_key[:, :, 0], new_value[:, :, 0]
         cache = KeyValue(
-            key=jax.lax.dynamic_update_slice_in_dim(
+            key=jax.lax.dynamic_update_index_in_dim(
                 self_attention_cache.key,
-                new.key.astype(self_attention_cache.key.dtype),
-                step * beams,
-                axis=3,
+                new_key.astype(self_attention_cache.key.dtype),
+                step,
+                axis=-1,
             ),
-            value=jax.lax.dynamic_update_slice_in_dim(
+            value=jax.lax.dynamic_update_index_in_dim(
                 self_attention_cache.value,
-                new.value.astype(self_attention_cache.value.dtype),
-                step * beams,
-                axis=2,
+                new_value.astype(self_attention_cache.value.dtype),
+                step,
+                axis=-2,
             ),
         )
         attended = self.self_attention.attend_cache(h, cache, self_attention_mask)

@@ -130,16 +130,19 @@ def decoder_step_mask(step: Array | int, length: int) -> Array:
 
 def beam_step_mask(slots: Array, step: Array | int) -> Array:
     """Incremental decoding of `beams` hypotheses per sentence over a cache of `beams` slots:
-    int32 slots [batch, beams, length] -> [batch, 1, beams, length * beams].
+    int32 slots [batch, beams, length] -> [batch, 1, beams (slot j), beams (hypothesis k),
+    length], the mask layout of `flax_transformer.attention.cached_dot_product_attention` with
+    slots.
 
-    Hypothesis k (query k) may attend to key t * beams + j, position t of slot j, when
-    t <= `step` and slots[b, k, t] == j: the slot that holds its position t. With one beam
-    (every slot 0) this is `decoder_step_mask`. `step` may be traced.
+    Hypothesis k (query k) may attend to position t of slot j when t <= `step` and
+    slots[b, k, t] == j: the slot that holds its position t. With one beam the cache has no
+    slot axis, and neither has the mask: [batch, 1, 1, length], `decoder_step_mask` for every
+    row. `step` may be traced.
     """
     slots = jnp.asarray(slots)
     if slots.ndim != 3:
         raise ValueError(f"slots must have shape [batch, beams, length], got {slots.shape}")
-    batch, beams, length = slots.shape
-    in_slot = slots[:, :, :, None] == jnp.arange(beams)  # [batch, k, t, j]
-    visible = in_slot & (jnp.arange(length) <= step)[:, None]
-    return visible.reshape(batch, 1, beams, length * beams)
+    beams, length = slots.shape[1:]
+    in_slot = slots[:, None] == jnp.arange(beams)[:, None, None]  # [batch, j, k, t]
+    mask = (in_slot & (jnp.arange(length) <= step))[:, None]
+    return mask[:, :, 0] if beams == 1 else mask

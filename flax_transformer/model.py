@@ -321,15 +321,18 @@ class DecodingCache:
                           once per source and shared by its hypotheses: keys transposed
                           [batch, heads, d_k, src_len], values [batch, heads, src_len, d_k]
         self_attention    each decoder layer's self-attention keys and values in `beams` slots,
-                          keys [batch, heads, d_k, length * beams], values [batch, heads,
-                          length * beams, d_k]: step t writes position t of hypothesis k into
-                          slot k, at index t * beams + k
+                          keys [batch, heads, beams, d_k, length], values [batch, heads, beams,
+                          length, d_k]: step t writes position t of hypothesis k into slot k.
+                          With one beam there is no slot axis: keys [batch, heads, d_k,
+                          length], values [batch, heads, length, d_k] (XLA would copy an
+                          array with a unit axis at every step)
         slots             int32 [batch, beams, length]: hypothesis k reads position t from slot
                           slots[b, k, t] (all k at first; `reorder_beams` changes it)
 
     So beam search never copies keys or values when hypotheses change places: it reorders the
-    small slot table (`reorder_beams`). Keys are stored transposed so that attention over the
-    cache reads them without copying (`flax_transformer.attention.cached_dot_product_attention`).
+    small slot table (`reorder_beams`). Keys are stored transposed, and each slot's positions
+    side by side, so that attention over the cache reads them without copying, one slot at a
+    time (`flax_transformer.attention.cached_dot_product_attention`).
     The per-layer entries are laid out like the parameters: a tuple of `KeyValue`s, one per
     layer, or with `scan_layers` one `KeyValue` whose arrays have a layer axis after batch.
     Every array has the batch axis first, so `jax.tree.map` can select or reorder sentences.
@@ -433,8 +436,9 @@ class Transformer(nn.Module):
         cfg = self.config
         encoded = self.encode(source_tokens)
         batch, layers = source_tokens.shape[0], cfg.num_decoder_layers
-        keys = (cfg.num_heads, cfg.head_dim, length * beams)
-        values = (cfg.num_heads, length * beams, cfg.head_dim)
+        slot_axis = (beams,) if beams > 1 else ()
+        keys = (cfg.num_heads, *slot_axis, cfg.head_dim, length)
+        values = (cfg.num_heads, *slot_axis, length, cfg.head_dim)
         if cfg.scan_layers:
             self_attention = KeyValue(
                 key=jnp.zeros((batch, layers) + keys, cfg.compute_dtype),

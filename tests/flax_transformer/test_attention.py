@@ -98,6 +98,30 @@ def test_cached_attention_with_transposed_keys_matches_numpy(rng):
     assert np.all(np.asarray(weights)[1, :, 3] == 0.0)
 
 
+def test_cached_attention_over_slots_matches_numpy_over_the_slots_side_by_side(rng):
+    """Beam search's cache: keys [..., slots, d_k, k_len], values [..., slots, k_len, d_v].
+    The reference attends over the three slots' keys side by side (slot-major): one softmax
+    over all of them. A query with no key in any slot gives zeros."""
+    slots = 3
+    q = rng.standard_normal((2, 4, 5, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 4, slots, 7, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 4, slots, 7, 6)).astype(np.float32)
+    mask = rng.random((2, 1, slots, 5, 7)) < 0.4
+    mask[1, 0, :, 3] = False
+    out, weights = cached_dot_product_attention(q, np.swapaxes(k, -1, -2), v, jnp.asarray(mask))
+    side_by_side = lambda x: x.reshape(2, 4, slots * 7, x.shape[-1])  # noqa: E731
+    flat_mask = np.swapaxes(mask, 2, 3).reshape(2, 1, 5, slots * 7)
+    ref_out, ref_weights = np_attention(q, side_by_side(k), side_by_side(v), flat_mask)
+    ref_weights = np.swapaxes(ref_weights.reshape(2, 4, 5, slots, 7), 2, 3)
+    assert out.shape == (2, 4, 5, 6)
+    assert weights.shape == (2, 4, slots, 5, 7) and weights.dtype == jnp.float32
+    _assert_close(out, ref_out)
+    _assert_close(weights, ref_weights)
+    np.testing.assert_allclose(np.asarray(weights).sum(axis=(2, 4))[0], 1.0, rtol=1e-6)
+    assert np.all(np.asarray(out)[1, :, 3] == 0.0)
+    assert np.all(np.asarray(weights)[1, :, :, 3] == 0.0)
+
+
 def test_vmapped_single_head_equals_per_head_loop_and_fused(rng):
     batch, heads, length, d_k = 2, 4, 6, 8
     q, k, v = _qkv(rng, (batch, heads), q_len=length, k_len=length, d_k=d_k, d_v=d_k)

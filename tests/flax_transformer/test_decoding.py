@@ -89,17 +89,18 @@ def test_decoder_step_mask_is_a_row_of_the_causal_mask() -> None:
 
 
 def test_beam_step_mask_by_hand() -> None:
-    """Two hypotheses, three positions, keys t * 2 + j (position t of slot j). Hypothesis 0
-    reads position 0 from slot 1, positions 1 and 2 from slot 0; hypothesis 1 all from slot 1."""
+    """Two hypotheses, three positions in each of two slots. Hypothesis 0 reads position 0 from
+    slot 1, positions 1 and 2 from slot 0; hypothesis 1 all from slot 1."""
     T, F = True, False
     slots = np.array([[[1, 0, 0], [1, 1, 1]]])
     mask = np.asarray(masks.beam_step_mask(slots, 1))  # positions 0 and 1 are visible
-    assert mask.shape == (1, 1, 2, 6)
-    #                    (0, 0) (0, 1) (1, 0) (1, 1) (2, 0) (2, 1)
-    np.testing.assert_array_equal(mask[0, 0], [[F, T, T, F, F, F], [F, T, F, T, F, F]])
+    assert mask.shape == (1, 1, 2, 2, 3)  # [batch, 1, slot j, hypothesis k, position t]
+    np.testing.assert_array_equal(mask[0, 0, 0], [[F, T, F], [F, F, F]])  # slot 0
+    np.testing.assert_array_equal(mask[0, 0, 1], [[T, F, F], [T, T, F]])  # slot 1
     # One beam: every position in slot 0, and the mask is decoder_step_mask's.
     for step in range(4):
         one_beam = masks.beam_step_mask(np.zeros((2, 1, 4), np.int32), step)
+        assert one_beam.shape == (2, 1, 1, 4)  # no slot axis
         np.testing.assert_array_equal(one_beam[0], masks.decoder_step_mask(step, 4)[0])
         np.testing.assert_array_equal(one_beam[1], one_beam[0])
 
