@@ -3,6 +3,7 @@
     pip install -e '.[benchmarks]'   # torch (CPU build) and transformers; ctranslate2
     python benchmarks/marian_benchmark.py
     python benchmarks/marian_benchmark.py --implementations ours ctranslate2 --methods beam4
+    python benchmarks/marian_benchmark.py --implementations ours ctranslate2 --repeats 3
 
 One random-weight model of opus-mt-en-de's size (d_model 512, 6+6 layers, 8 heads, d_ff 2048,
 vocabulary 58,101, SiLU, scaled embeddings), made with transformers' MarianMTModel, saved,
@@ -36,7 +37,9 @@ Hugging Face: `model.generate(num_beams=1 or 4,
 do_sample=False)` under `torch.inference_mode()`, sources padded per batch. All use every core
 this process may run on (`taskset` narrows them), or the GPU where there is one (then the last
 column is each framework's own peak GPU allocation; CTranslate2 reports none). Without
-ctranslate2 installed, its rows say so. Asserts nothing.
+ctranslate2 installed, its rows say so. With `--repeats N` each row runs N times, the rows of
+a method taking turns so that a slow spell of the machine hits them alike, and the tables give
+the medians (decode s with its range). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -338,6 +341,40 @@ def log_prob_difference(model_dir: Path, ct2_dir: Path, sources: list[list[int]]
     )
 
 
+def run_worker(args, scratch: Path, implementation, method, counts, cached, mkl) -> dict | str:
+    """One measured run of a row in a fresh process: its result, or the end of its stderr."""
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        f"--implementation={implementation}",
+        f"--method={method}",
+        f"--model-dir={scratch / 'model'}",
+        f"--ct2-dir={scratch / 'ct2'}",
+        f"--sources-file={scratch / 'sources.json'}",
+        f"--sentences={counts[method]}",
+        f"--batch={args.batch}",
+        f"--max-new={args.max_new}",
+    ]
+    if cached:  # a first, unmeasured run fills the cache; the measured one loads from it
+        command.append(f"--compilation-cache={scratch / f'jax-cache-{method}'}")
+        subprocess.run(command, capture_output=True, check=False)
+    environment = None if mkl is None else {**os.environ, "CT2_USE_MKL": mkl}
+    output = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
+    if output.returncode != 0:
+        return output.stderr[-300:]
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def median_result(runs: list[dict]) -> dict:
+    """The first run's outputs, with the medians over all runs of its times and peak memory."""
+    result = dict(runs[0])
+    for key in ("seconds", "peak_rss_mib", "compile_s", "gpu_peak_mib"):
+        values = [run[key] for run in runs if run[key] is not None]
+        result[key] = float(np.median(values)) if values else None
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -363,6 +400,13 @@ def main() -> None:
         default="both",
         help="CTranslate2's CT2_USE_MKL: a row for each value by default",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every row this many times, the rows of a method taking turns, and report "
+        "medians (with the range of decode times): single runs move by about 10%% here",
+    )
     parser.add_argument("--compilation-cache", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", help=argparse.SUPPRESS)
@@ -371,6 +415,8 @@ def main() -> None:
     parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
     parser.add_argument("--sources-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if args.worker:
         worker(args)
         return
@@ -413,43 +459,37 @@ def main() -> None:
                 warm = [False, True] if implementation == "ours" and args.warm_cache else [False]
                 rows += [(implementation, cached, None) for cached in warm]
         for method in args.methods:
-            for implementation, cached, mkl in rows:
-                if implementation in missing:
-                    print(f"| {implementation} | {method} | {missing[implementation]} |")
-                    continue
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    f"--implementation={implementation}",
-                    f"--method={method}",
-                    f"--model-dir={scratch / 'model'}",
-                    f"--ct2-dir={scratch / 'ct2'}",
-                    f"--sources-file={scratch / 'sources.json'}",
-                    f"--sentences={counts[method]}",
-                    f"--batch={args.batch}",
-                    f"--max-new={args.max_new}",
-                ]
-                if cached:  # the first run fills the cache, the second is measured
-                    command.append(f"--compilation-cache={scratch / f'jax-cache-{method}'}")
-                    subprocess.run(command, capture_output=True, check=False)
-                environment = None if mkl is None else {**os.environ, "CT2_USE_MKL": mkl}
-                output = subprocess.run(
-                    command, capture_output=True, text=True, check=False, env=environment
-                )
-                name = f"{implementation} (warm cache)" if cached else implementation
-                name = CT2_BACKENDS[mkl] if mkl is not None else name
-                if output.returncode != 0:
-                    print(f"| {name} | {method} | failed: {output.stderr[-300:]!r} |")
-                    continue
-                result = json.loads(output.stdout.strip().splitlines()[-1])
+            runs: dict[str, list[dict]] = {}
+            failures: dict[str, str] = {}
+            for _ in range(args.repeats):  # the rows take turns: slow spells hit them alike
+                for implementation, cached, mkl in rows:
+                    name = f"{implementation} (warm cache)" if cached else implementation
+                    name = CT2_BACKENDS[mkl] if mkl is not None else name
+                    if implementation in missing:
+                        failures[name] = missing[implementation]
+                        continue
+                    if name in failures:
+                        continue
+                    result = run_worker(args, scratch, implementation, method, counts, cached, mkl)
+                    if isinstance(result, str):
+                        failures[name] = f"failed: {result!r}"
+                        continue
+                    runs.setdefault(name, []).append(result)
+            for name, message in failures.items():
+                print(f"| {name} | {method} | {message} |")
+            for name, repeated in runs.items():
+                result = median_result(repeated)
                 result["sentences_per_s"] = min(counts[method], len(sources)) / result["seconds"]
                 results[name, method] = result
                 compile_s, gpu = result["compile_s"], result["gpu_peak_mib"]
+                seconds = f"{result['seconds']:.1f}"
+                if len(repeated) > 1:
+                    times = [run["seconds"] for run in repeated]
+                    seconds += f" ({min(times):.1f}-{max(times):.1f})"
                 print(
                     f"| {name} | {method} | "
                     f"{'-' if compile_s is None else format(compile_s, '.1f')} | "
-                    f"{result['seconds']:.1f} | {result['sentences_per_s']:.1f} | "
+                    f"{seconds} | {result['sentences_per_s']:.1f} | "
                     f"{result['peak_rss_mib']:,.0f} | "
                     f"{'-' if gpu is None else format(gpu, ',.0f')} |",
                     flush=True,

@@ -105,7 +105,7 @@ def convert(checkpoint_dir: str, workdir: str, train_config, origin: str) -> dic
         if os.path.exists(os.path.join(checkpoint_dir, name)):
             target = os.path.join(workdir.marian_tokenizer_dir, name)
             shutil.copyfile(os.path.join(checkpoint_dir, name), target)
-    params = jax.tree.map(jax.numpy.asarray, checkpoint.params)
+    params = jax.device_put(checkpoint.params)  # on the CPU, shares the loaded arrays
     with workdir.checkpointer(keep=train_config.keep_checkpoints) as checkpointer:
         checkpointer.save_params(0, params, config=run_config)
     workdir.write_config(train, model_config)  # last: a workdir with config.json is complete

@@ -17,7 +17,9 @@ each an option of `TransformerConfig`:
                               bos_id=checkpoint.decoder_start_id, eos_id=checkpoint.eos_id)
 
 Nothing here imports torch or transformers: `config.json` is JSON, the weights are read with the
-`safetensors` NumPy API (`pytorch_model.bin` needs torch, used only if installed). A checkpoint
+`safetensors` NumPy API (`pytorch_model.bin` needs torch, used only if installed), read into
+memory rather than mapped, and each tensor is freed as it is converted, into a read-only array
+that `jax.device_put` adopts on the CPU: the loaded model holds its weights once. A checkpoint
 that uses a feature this Transformer does not have (pre-LN with extra norms, separate
 source/target vocabularies, an embedding LayerNorm, learned positions, ...) is refused with
 `UnsupportedCheckpointError` naming the field: never a silently different model.
@@ -198,7 +200,9 @@ def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
     """The checkpoint's tensors as float32 NumPy arrays, by their Hugging Face names.
 
     Reads `model.safetensors` (or the shards its `.index.json` lists) with the safetensors NumPy
-    API; `pytorch_model.bin` only if torch is installed (a clear error otherwise).
+    API and its `pread` backend, which copies each tensor out of the file without also mapping
+    the file into this process; `pytorch_model.bin` only if torch is installed (a clear error
+    otherwise).
     """
     directory = Path(directory)
     single = directory / "model.safetensors"
@@ -216,7 +220,7 @@ def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
         weights: dict[str, np.ndarray] = {}
         for path in files:
             try:
-                weights.update(load_file(str(path)))
+                weights.update(load_file(str(path), backend="pread"))
             except Exception as error:  # safetensors raises its own error types
                 raise ValueError(f"cannot read {path}: {error}") from error
     elif (directory / "pytorch_model.bin").exists():
@@ -234,6 +238,28 @@ def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
             f"{directory} has none of {list(WEIGHT_FILES)}: not a Hugging Face checkpoint"
         )
     return {name: np.asarray(array, np.float32) for name, array in weights.items()}
+
+
+# XLA:CPU adopts a host array as a device buffer without copying it when its data is aligned to
+# this many bytes; NumPy aligns only to 16.
+_CPU_BUFFER_ALIGNMENT = 64
+
+
+def _parameter(tensor: np.ndarray) -> np.ndarray:
+    """`tensor` as a read-only, C-contiguous float32 array aligned for XLA:CPU.
+
+    `jax.device_put` on the CPU then shares its memory instead of copying it, so a loaded model
+    costs one copy of its weights; read-only because the device array would see any change.
+    """
+    tensor = np.asarray(tensor, np.float32)
+    if not (tensor.flags.c_contiguous and tensor.ctypes.data % _CPU_BUFFER_ALIGNMENT == 0):
+        buffer = np.empty(tensor.nbytes + _CPU_BUFFER_ALIGNMENT, np.uint8)
+        start = -buffer.ctypes.data % _CPU_BUFFER_ALIGNMENT
+        aligned = buffer[start : start + tensor.nbytes].view(np.float32).reshape(tensor.shape)
+        aligned[...] = tensor
+        tensor = aligned
+    tensor.flags.writeable = False
+    return tensor
 
 
 def _take(weights: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -259,8 +285,8 @@ def _attention(weights: dict[str, np.ndarray], prefix: str, config: TransformerC
         weight = _take(weights, f"{prefix}.{name}.weight", (d_model, d_model))
         bias = _take(weights, f"{prefix}.{name}.bias", (d_model,))
         return {
-            "kernel": weight.T.reshape(d_model, heads, head_dim),
-            "bias": bias.reshape(heads, head_dim),
+            "kernel": _parameter(weight.T.reshape(d_model, heads, head_dim)),
+            "bias": _parameter(bias.reshape(heads, head_dim)),
         }
 
     out_weight = _take(weights, f"{prefix}.out_proj.weight", (d_model, d_model))
@@ -269,16 +295,16 @@ def _attention(weights: dict[str, np.ndarray], prefix: str, config: TransformerC
         "key": projection("k_proj"),
         "value": projection("v_proj"),
         "output": {
-            "kernel": out_weight.T.reshape(heads, head_dim, d_model),
-            "bias": _take(weights, f"{prefix}.out_proj.bias", (d_model,)),
+            "kernel": _parameter(out_weight.T.reshape(heads, head_dim, d_model)),
+            "bias": _parameter(_take(weights, f"{prefix}.out_proj.bias", (d_model,))),
         },
     }
 
 
 def _layer_norm(weights: dict[str, np.ndarray], prefix: str, d_model: int) -> dict:
     return {
-        "scale": _take(weights, f"{prefix}.weight", (d_model,)),
-        "bias": _take(weights, f"{prefix}.bias", (d_model,)),
+        "scale": _parameter(_take(weights, f"{prefix}.weight", (d_model,))),
+        "bias": _parameter(_take(weights, f"{prefix}.bias", (d_model,))),
     }
 
 
@@ -286,12 +312,12 @@ def _feed_forward(weights: dict[str, np.ndarray], prefix: str, config: Transform
     d_model, d_ff = config.d_model, config.d_ff
     return {
         "hidden": {
-            "kernel": _take(weights, f"{prefix}.fc1.weight", (d_ff, d_model)).T,
-            "bias": _take(weights, f"{prefix}.fc1.bias", (d_ff,)),
+            "kernel": _parameter(_take(weights, f"{prefix}.fc1.weight", (d_ff, d_model)).T),
+            "bias": _parameter(_take(weights, f"{prefix}.fc1.bias", (d_ff,))),
         },
         "output": {
-            "kernel": _take(weights, f"{prefix}.fc2.weight", (d_model, d_ff)).T,
-            "bias": _take(weights, f"{prefix}.fc2.bias", (d_model,)),
+            "kernel": _parameter(_take(weights, f"{prefix}.fc2.weight", (d_model, d_ff)).T),
+            "bias": _parameter(_take(weights, f"{prefix}.fc2.bias", (d_model,))),
         },
     }
 
@@ -302,9 +328,15 @@ def params_from_marian(weights: Mapping[str, np.ndarray], config: TransformerCon
     Every tensor must be used (an unknown one means an architecture we do not implement) and
     every parameter filled with its exact shape. Copies of tied tensors (the encoder's and
     decoder's token embeddings, the output projection) must equal the shared embedding, and
-    stored sinusoid tables must equal ours.
+    stored sinusoid tables must equal ours. The leaves are read-only NumPy arrays aligned so that
+    `jax.device_put` on the CPU shares their memory.
     """
-    weights = dict(weights)
+    return _convert_weights(dict(weights), config)
+
+
+def _convert_weights(weights: dict[str, np.ndarray], config: TransformerConfig) -> Any:
+    """`params_from_marian`, emptying `weights` as it goes: each tensor is removed as it is
+    converted, so a model is never held twice (when nothing else refers to its tensors)."""
     d_model, vocab_size = config.d_model, config.vocab_size
     shared = weights.pop("model.shared.weight", None)
     if shared is None:
@@ -338,7 +370,7 @@ def params_from_marian(weights: Mapping[str, np.ndarray], config: TransformerCon
             )
 
     params: dict[str, Any] = {
-        "shared_embedding": {"embedding": shared},
+        "shared_embedding": {"embedding": _parameter(shared)},
         "encoder": {},
         "decoder": {},
     }
@@ -367,9 +399,9 @@ def params_from_marian(weights: Mapping[str, np.ndarray], config: TransformerCon
         bias = _take(weights, "final_logits_bias", (1, vocab_size)).reshape(-1)
     if not config.tie_output_embedding:
         kernel = _take(weights, "lm_head.weight", (vocab_size, d_model)).T
-        params["decoder"]["logits"] = {"kernel": kernel, "bias": bias}
+        params["decoder"]["logits"] = {"kernel": _parameter(kernel), "bias": _parameter(bias)}
     elif config.final_logits_bias:
-        params["decoder"]["final_logits_bias"] = bias
+        params["decoder"]["final_logits_bias"] = _parameter(bias)
     elif np.any(bias):
         raise ValueError("the checkpoint has a non-zero final_logits_bias: set final_logits_bias")
     if weights:
@@ -378,7 +410,7 @@ def params_from_marian(weights: Mapping[str, np.ndarray], config: TransformerCon
             f"does not implement): {sorted(weights)[:8]}{' ...' if len(weights) > 8 else ''}"
         )
     _check_against_init(params, config)
-    return jax.tree.map(np.asarray, params)
+    return params
 
 
 def _check_against_init(params: Any, config: TransformerConfig) -> None:
@@ -418,7 +450,7 @@ def load_marian(directory: PathLike) -> MarianCheckpoint:
     has_bias = bias is not None and bool(np.any(bias))
     tied = bool(hf_config.get("tie_word_embeddings", True))
     config = config_from_marian(hf_config, final_logits_bias=has_bias and tied)
-    params = params_from_marian(weights, config)
+    params = _convert_weights(weights, config)
     ids = special_ids(hf_config)
     for name, value in ids.items():
         if not 0 <= value < config.vocab_size:

@@ -219,6 +219,20 @@ def test_saved_checkpoints_load_back_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(ours), loaded)
 
 
+def test_loaded_weights_are_one_copy_that_the_cpu_device_shares(tmp_path):
+    # A loaded model must not cost two copies of its weights: every leaf is aligned for XLA:CPU,
+    # which then adopts it as a device buffer, and read-only, since the device array sees it.
+    config, params = _random_marian_model()
+    marian.save_marian(tmp_path, config, params, eos_id=0)
+    leaves = jax.tree.leaves(marian.load_marian(tmp_path).params)
+    assert len(leaves) == len(jax.tree.leaves(params))
+    for leaf in leaves:
+        assert isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
+        assert not leaf.flags.writeable
+        on_device = jax.device_put(leaf, jax.devices("cpu")[0])
+        assert on_device.unsafe_buffer_pointer() == leaf.ctypes.data
+
+
 def test_a_zero_final_logits_bias_is_left_out(tmp_path):
     config, params = _random_marian_model(final_logits_bias=False)
     marian.save_marian(tmp_path, config, params, eos_id=0)
