@@ -471,8 +471,9 @@ def main() -> None:
                     if name in failures:
                         continue
                     result = run_worker(args, scratch, implementation, method, counts, cached, mkl)
-                    if isinstance(result, str):
+                    if isinstance(result, str):  # the row is reported failed, not half-measured
                         failures[name] = f"failed: {result!r}"
+                        runs.pop(name, None)
                         continue
                     runs.setdefault(name, []).append(result)
             for name, message in failures.items():

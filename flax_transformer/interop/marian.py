@@ -249,10 +249,14 @@ def _parameter(tensor: np.ndarray) -> np.ndarray:
     """`tensor` as a read-only, C-contiguous float32 array aligned for XLA:CPU.
 
     `jax.device_put` on the CPU then shares its memory instead of copying it, so a loaded model
-    costs one copy of its weights; read-only because the device array would see any change.
+    costs one copy of its weights; read-only because the device array would see any change. An
+    input that is already so laid out comes back as a read-only view of it (its own flags are
+    left alone).
     """
     tensor = np.asarray(tensor, np.float32)
-    if not (tensor.flags.c_contiguous and tensor.ctypes.data % _CPU_BUFFER_ALIGNMENT == 0):
+    if tensor.flags.c_contiguous and tensor.ctypes.data % _CPU_BUFFER_ALIGNMENT == 0:
+        tensor = tensor.view()
+    else:
         buffer = np.empty(tensor.nbytes + _CPU_BUFFER_ALIGNMENT, np.uint8)
         start = -buffer.ctypes.data % _CPU_BUFFER_ALIGNMENT
         aligned = buffer[start : start + tensor.nbytes].view(np.float32).reshape(tensor.shape)
@@ -329,7 +333,8 @@ def params_from_marian(weights: Mapping[str, np.ndarray], config: TransformerCon
     every parameter filled with its exact shape. Copies of tied tensors (the encoder's and
     decoder's token embeddings, the output projection) must equal the shared embedding, and
     stored sinusoid tables must equal ours. The leaves are read-only NumPy arrays aligned so that
-    `jax.device_put` on the CPU shares their memory.
+    `jax.device_put` on the CPU shares their memory; some may share memory with `weights`' own
+    arrays (change those and the params change).
     """
     return _convert_weights(dict(weights), config)
 

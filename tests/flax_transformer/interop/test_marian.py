@@ -233,6 +233,29 @@ def test_loaded_weights_are_one_copy_that_the_cpu_device_shares(tmp_path):
         assert on_device.unsafe_buffer_pointer() == leaf.ctypes.data
 
 
+def _writeable_aligned_copy(array: np.ndarray) -> np.ndarray:
+    buffer = np.empty(array.nbytes + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    copy = buffer[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def test_converting_leaves_the_callers_arrays_writeable():
+    # Inputs already aligned for XLA:CPU are used as they are, through read-only views: the
+    # caller's own arrays must stay writeable.
+    config, params = _random_marian_model()
+    weights = {
+        name: _writeable_aligned_copy(array)
+        for name, array in marian.marian_weights(params, config).items()
+    }
+    converted = marian.params_from_marian(weights, config)
+    assert all(array.flags.writeable for array in weights.values())
+    assert not any(leaf.flags.writeable for leaf in jax.tree.leaves(converted))
+    embedding = converted["shared_embedding"]["embedding"]
+    assert embedding.ctypes.data == weights["model.shared.weight"].ctypes.data  # not copied
+
+
 def test_a_zero_final_logits_bias_is_left_out(tmp_path):
     config, params = _random_marian_model(final_logits_bias=False)
     marian.save_marian(tmp_path, config, params, eos_id=0)
