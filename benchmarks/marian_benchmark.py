@@ -23,9 +23,11 @@ since random weights give outputs that repeat a few tokens, the largest differen
 and CTranslate2's log-probabilities of varied targets: both show they compute the same model.
 
 Each (implementation, method) runs in its own process: its peak resident memory (VmHWM,
-framework and weights included) is that row's. Ours: `ft.greedy_decode` / `ft.beam_search`
-(key/value cache; sources padded to a few bucket lengths, each shape compiled ahead of time
-with `jit(...).lower(...).compile()` before timing: the compile column; with --warm-cache a second
+framework and weights included) is that row's, and beside it the peak once the model is loaded
+(on the device, for ours) and before anything is compiled or decoded. Ours:
+`ft.greedy_decode` / `ft.beam_search` (key/value cache; sources padded to a few bucket lengths,
+each shape compiled ahead of time with `jit(...).lower(...).compile()` before timing: the
+compile column; with --warm-cache a second
 row loads them from JAX's persistent compilation cache, filled by an unmeasured run, as
 `train.translate` does by default: XLA's compiler then adds nothing to the peak). CTranslate2:
 `Translator.translate_batch(beam_size=1 or 4)` on the token strings of the converted vocabulary
@@ -174,7 +176,8 @@ def run_ours(sources: list[list[int]], method: str, args) -> dict:
 
         compilation_cache.enable(args.compilation_cache)
     checkpoint = load_marian(args.model_dir)
-    config, params = checkpoint.config, jax.device_put(checkpoint.params)
+    config, params = checkpoint.config, jax.block_until_ready(jax.device_put(checkpoint.params))
+    load_peak = peak_rss_mib()
     common = dict(
         bos_id=checkpoint.decoder_start_id,
         eos_id=checkpoint.eos_id,
@@ -208,7 +211,13 @@ def run_ours(sources: list[list[int]], method: str, args) -> dict:
     peak = stats["peak_bytes_in_use"] / 2**20 if stats else None
     # The pad id is never generated: it only fills a row after its limit.
     tokens = [[t for t in row if t != config.pad_id] for out in outputs for row in out.tolist()]
-    return {"seconds": seconds, "compile_s": compile_s, "gpu_peak_mib": peak, "tokens": tokens}
+    return {
+        "seconds": seconds,
+        "compile_s": compile_s,
+        "gpu_peak_mib": peak,
+        "load_peak_mib": load_peak,
+        "tokens": tokens,
+    }
 
 
 def run_ctranslate2(sources: list[list[int]], method: str, args) -> dict:
@@ -222,6 +231,7 @@ def run_ctranslate2(sources: list[list[int]], method: str, args) -> dict:
         intra_threads=CORES,
         inter_threads=1,
     )
+    load_peak = peak_rss_mib()
     batches = batches_of(sources, args.batch)
     inputs = [[[vocabulary[i] for i in row] for row in rows] for rows in batches]
     options = dict(beam_size=1 if method == "greedy" else 4, max_batch_size=args.batch)
@@ -235,7 +245,13 @@ def run_ctranslate2(sources: list[list[int]], method: str, args) -> dict:
         outputs.extend(translator.translate_batch(strings, **options))
     seconds = time.perf_counter() - start
     tokens = [[index[token] for token in output.hypotheses[0]] for output in outputs]
-    return {"seconds": seconds, "compile_s": None, "gpu_peak_mib": None, "tokens": tokens}
+    return {
+        "seconds": seconds,
+        "compile_s": None,
+        "gpu_peak_mib": None,
+        "load_peak_mib": load_peak,
+        "tokens": tokens,
+    }
 
 
 def run_hugging_face(sources: list[list[int]], method: str, args) -> dict:
@@ -245,6 +261,7 @@ def run_hugging_face(sources: list[list[int]], method: str, args) -> dict:
     torch.set_num_threads(CORES)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = MarianMTModel.from_pretrained(args.model_dir).eval().to(device)
+    load_peak = peak_rss_mib()
     pad = model.config.pad_token_id
     outputs = []
     start = time.perf_counter()
@@ -268,7 +285,13 @@ def run_hugging_face(sources: list[list[int]], method: str, args) -> dict:
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     tokens = [row for output in outputs for row in output.tolist()]
-    return {"seconds": seconds, "compile_s": None, "gpu_peak_mib": peak, "tokens": tokens}
+    return {
+        "seconds": seconds,
+        "compile_s": None,
+        "gpu_peak_mib": peak,
+        "load_peak_mib": load_peak,
+        "tokens": tokens,
+    }
 
 
 def peak_rss_mib() -> float:
@@ -369,7 +392,7 @@ def run_worker(args, scratch: Path, implementation, method, counts, cached, mkl)
 def median_result(runs: list[dict]) -> dict:
     """The first run's outputs, with the medians over all runs of its times and peak memory."""
     result = dict(runs[0])
-    for key in ("seconds", "peak_rss_mib", "compile_s", "gpu_peak_mib"):
+    for key in ("seconds", "peak_rss_mib", "load_peak_mib", "compile_s", "gpu_peak_mib"):
         values = [run[key] for run in runs if run[key] is not None]
         result[key] = float(np.median(values)) if values else None
     return result
@@ -445,9 +468,9 @@ def main() -> None:
         )
         print(
             "| implementation | method | compile s | decode s | sentences/s | "
-            "peak memory MiB (process) | peak GPU memory MiB |"
+            "peak memory MiB (process) | peak MiB once loaded | peak GPU memory MiB |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         results = {}
         # (implementation, warm compilation cache, CT2_USE_MKL)
         rows = []
@@ -491,7 +514,7 @@ def main() -> None:
                     f"| {name} | {method} | "
                     f"{'-' if compile_s is None else format(compile_s, '.1f')} | "
                     f"{seconds} | {result['sentences_per_s']:.1f} | "
-                    f"{result['peak_rss_mib']:,.0f} | "
+                    f"{result['peak_rss_mib']:,.0f} | {result['load_peak_mib']:,.0f} | "
                     f"{'-' if gpu is None else format(gpu, ',.0f')} |",
                     flush=True,
                 )
