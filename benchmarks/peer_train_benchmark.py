@@ -5,6 +5,7 @@
     python benchmarks/peer_train_benchmark.py --flax-wmt /tmp/flax/examples/wmt/models.py
     python benchmarks/peer_train_benchmark.py --flax-repo /tmp/flax --sizes small --steps 10
     taskset -c 1 python benchmarks/peer_train_benchmark.py --flax-repo /tmp/flax   # one core
+    python benchmarks/peer_train_benchmark.py --sizes small --huge-pages none
 
 Three implementations of one encoder-decoder training step, float32, at two sizes:
 
@@ -41,6 +42,13 @@ smoothed (0.1) cross-entropy averaged over the non-pad targets, backward, Adam (
   from ours by construction: pre-LN (LayerNorm before each sub-layer and after each stack), a
   dropout inside each feed-forward block, embeddings not scaled (the logits are divided by
   sqrt(d_model) instead), no biases in the attention projections.
+
+Memory pages: `--huge-pages all` (the default) starts every worker with glibc's tunable
+`glibc.malloc.hugetlb=1`, as `python -m train` starts itself (see `train.huge_pages`: large
+blocks get 2 MiB pages, so the kernel does not fault and zero 4 KiB pages of every step's fresh
+buffers); `ours` gives it to ours alone, as each is started by default (ours by its command,
+the peers plainly); `none` to no one. The header says whether this machine honours it (Linux,
+glibc >= 2.35, transparent huge pages in madvise mode).
 
 The peers use a constant learning rate, ours its schedule: a few scalar operations per step.
 Each (size, implementation, repeat) runs in its own process, repeats interleaved, so its peak
@@ -340,13 +348,21 @@ def flax_wmt_models(args, scratch: Path) -> tuple[str | None, str]:
     return str(path), f"google/flax {commit.stdout.decode().strip()}:{WMT_MODELS_PATH}"
 
 
-def run_worker(spec: dict, scratch: Path) -> dict | str:
-    """One worker process; its JSON result, or a one-line reason it failed."""
+def run_worker(spec: dict, scratch: Path, huge_pages: bool) -> dict | str:
+    """One worker process, with glibc's huge-page tunable or without; its JSON result, or a
+    one-line reason it failed."""
+    from train.huge_pages import TUNABLE, with_tunable
+
     name = f"{spec['size']}-{spec['implementation']}-{spec['repeat']}"
     spec_file = scratch / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
     command = [sys.executable, __file__, "--worker", str(spec_file)]
-    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    # This process's own setting is not the worker's: the tunable goes in, or out.
+    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if TUNABLE not in t]
+    environ = {**os.environ, "GLIBC_TUNABLES": ":".join(kept)}
+    if huge_pages:
+        environ["GLIBC_TUNABLES"] = with_tunable(environ["GLIBC_TUNABLES"])
+    output = subprocess.run(command, capture_output=True, text=True, check=False, env=environ)
     if output.returncode != 0:
         lines = [line for line in output.stderr.splitlines() if line.strip()] or ["no output"]
         return f"failed (exit {output.returncode}): {lines[-1][-200:]}"
@@ -408,6 +424,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per implementation")
     parser.add_argument("--flax-wmt", type=Path, help="a google/flax examples/wmt/models.py")
     parser.add_argument("--flax-repo", type=Path, help="a google/flax git checkout or git dir")
+    parser.add_argument(
+        "--huge-pages",
+        choices=["all", "ours", "none"],
+        default="all",
+        help="which workers start with glibc.malloc.hugetlb=1 (see the docstring)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -422,8 +444,10 @@ def main() -> None:
     from train_benchmark import random_batch  # benchmarks/ is sys.path[0] for this script
 
     import flax_transformer as ft
+    from train import huge_pages
 
     implementations = args.implementations or list(IMPLEMENTATIONS)
+    honoured, why = huge_pages.available()
     torch_installed = importlib.util.find_spec("torch") is not None
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -432,7 +456,9 @@ def main() -> None:
             f"float32; {available_cores()} core(s) available; jax {version('jax')}, "
             f"flax {version('flax')}, torch {version('torch')}; Flax WMT model: {wmt_source}; "
             f"{WARMUP_STEPS} warm-up steps (the first is the first-step column), then "
-            f"{args.steps} timed steps; {args.repeats} repeat(s), one process each"
+            f"{args.steps} timed steps; {args.repeats} repeat(s), one process each; "
+            f"huge pages (glibc.malloc.hugetlb=1): {args.huge_pages}"
+            + ("" if honoured else f", which this machine ignores: {why}")
         )
         sizes = {}
         for size in args.sizes:
@@ -495,7 +521,10 @@ def main() -> None:
                         wmt_models=wmt_models,
                         steps=args.steps,
                     )
-                    result = run_worker(spec, scratch)
+                    with_huge_pages = args.huge_pages == "all" or (
+                        args.huge_pages == "ours" and implementation == "ours"
+                    )
+                    result = run_worker(spec, scratch, with_huge_pages)
                     if isinstance(result, str):
                         results[implementation] = result
                     else:

@@ -11,6 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "train"
 
 LAYERS = [
+    "huge_pages",  # imports nothing of train: the package imports it first
+    "huge_pages_status",
     "data.vocabulary",
     "data.numbers",
     "data.parallel_text",
