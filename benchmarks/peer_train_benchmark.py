@@ -351,17 +351,15 @@ def flax_wmt_models(args, scratch: Path) -> tuple[str | None, str]:
 def run_worker(spec: dict, scratch: Path, huge_pages: bool) -> dict | str:
     """One worker process, with glibc's huge-page tunable or without; its JSON result, or a
     one-line reason it failed."""
-    from train.huge_pages import TUNABLE, with_tunable
+    from train.huge_pages import with_tunable, without_tunable
 
     name = f"{spec['size']}-{spec['implementation']}-{spec['repeat']}"
     spec_file = scratch / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
     command = [sys.executable, __file__, "--worker", str(spec_file)]
     # This process's own setting is not the worker's: the tunable goes in, or out.
-    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if TUNABLE not in t]
-    environ = {**os.environ, "GLIBC_TUNABLES": ":".join(kept)}
-    if huge_pages:
-        environ["GLIBC_TUNABLES"] = with_tunable(environ["GLIBC_TUNABLES"])
+    tunables = without_tunable(os.environ.get("GLIBC_TUNABLES"))
+    environ = {**os.environ, "GLIBC_TUNABLES": with_tunable(tunables) if huge_pages else tunables}
     output = subprocess.run(command, capture_output=True, text=True, check=False, env=environ)
     if output.returncode != 0:
         lines = [line for line in output.stderr.splitlines() if line.strip()] or ["no output"]

@@ -119,6 +119,11 @@ def with_tunable(tunables: str | None) -> str:
     return ":".join(part for part in (tunables, f"{TUNABLE}=1") if part)
 
 
+def without_tunable(tunables: str | None) -> str:
+    """GLIBC_TUNABLES with any `glibc.malloc.hugetlb` setting taken out, the others kept."""
+    return ":".join(part for part in (tunables or "").split(":") if part and TUNABLE not in part)
+
+
 def _read_thp_mode_file() -> str | None:
     try:
         return THP_MODE_FILE.read_text()

@@ -75,12 +75,18 @@ def test_wanted_only_where_every_rule_holds() -> None:
     assert huge_pages.huge_pages_wanted(environ, command, **LINUX)[0]
 
 
-def test_the_tunable_is_added_to_those_set() -> None:
+def test_the_tunable_is_added_to_those_set_and_taken_out_of_them() -> None:
     assert huge_pages.with_tunable(None) == "glibc.malloc.hugetlb=1"
     assert huge_pages.with_tunable("") == "glibc.malloc.hugetlb=1"
     assert (
         huge_pages.with_tunable("glibc.malloc.arena_max=2")
         == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    )
+    assert huge_pages.without_tunable(None) == ""
+    assert huge_pages.without_tunable("glibc.malloc.hugetlb=1") == ""
+    assert (
+        huge_pages.without_tunable("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2")
+        == "glibc.malloc.arena_max=2"
     )
 
 
