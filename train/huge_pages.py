@@ -9,6 +9,12 @@ share of the step in system time. With the tunable, malloc asks the kernel for 2
 (`madvise(MADV_HUGEPAGE)`): 512 times fewer faults. It changes no number, only speed. glibc
 reads its tunables when a process starts, hence the re-execution; the README has the figures.
 
+Keeping those blocks instead is not in glibc's tunables' reach: XLA allocates them on its worker
+threads, whose arenas cannot grow past 64 MiB, so glibc maps them afresh whatever
+`mmap_threshold` or `mmap_max` say. `arena_max=1` with `mmap_max=0` does keep them (no faults
+after the first steps), but the one heap then fragments, and peak memory depends on the order in
+which threads happen to allocate: it is not a default to ship (issue 17's note has the runs).
+
 It applies when all of these hold (`huge_pages_wanted`):
   * the process was started as `python -m train` or `python -m train.<command>` (importing the
     `train` package from anywhere else, a test or a notebook, never re-executes anything);
