@@ -18,6 +18,7 @@ The modules, from the bottom of the stack up (each imports only modules listed b
     positional   sinusoidal positional encodings (paper section 3.5)
     config       TransformerConfig: the hyperparameters, with the paper's presets (Table 3)
     masks        padding, causal and packing masks
+    dropout      dropout (section 5.4) from 16-bit draws, two per threefry word
     attention    scaled dot-product attention (section 3.2.1)
     layers       multi-head attention, feed-forward, embeddings, encoder and decoder layers
     search       greedy, sampling and beam search over any step function (section 6.1)
@@ -49,6 +50,7 @@ SUBMODULES = (
     "checks",
     "config",
     "decoding",
+    "dropout",
     "interop",
     "layers",
     "masks",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         checks,
         config,
         decoding,
+        dropout,
         interop,
         layers,
         masks,

@@ -27,6 +27,8 @@ import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
 
+from flax_transformer.dropout import keep_mask, keep_probability
+
 Array = jax.Array
 
 # Large and finite: softmax stays NaN-free even when a whole row is masked. Same choice as JAX's
@@ -54,7 +56,7 @@ def _attention_one_head(
         weights = jnp.where(mask, weights, 0.0)
     attended = weights
     if keep is not None:
-        attended = jnp.where(keep, weights / (1.0 - rate), 0.0)
+        attended = jnp.where(keep, weights / keep_probability(rate), 0.0)
     output = jnp.einsum("qk,kd->qd", attended.astype(value.dtype), value)
     return output, weights
 
@@ -158,7 +160,8 @@ def scaled_dot_product_attention(
       key: [..., k_len, d_k], same leading dimensions as `query`.
       value: [..., k_len, d_v], same leading dimensions as `query`.
       mask: optional boolean array broadcastable to [..., q_len, k_len]; True = may attend.
-      dropout_rate: attention dropout on the weights (applied only when `dropout_rng` is given,
+      dropout_rate: attention dropout on the weights (`flax_transformer.dropout`: rate in steps of
+        2**-16), applied only when `dropout_rng` is given,
         so passing no key means inference).
       dropout_rng: a JAX PRNG key for attention dropout.
 
@@ -178,7 +181,7 @@ def scaled_dot_product_attention(
 
     keep = None
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, batch_shape + (q_len, k_len))
+        keep = keep_mask(dropout_rng, dropout_rate, batch_shape + (q_len, k_len))
 
     # Lift the one-head function over every leading dimension with vmap. A mask dimension of
     # size 1 is broadcast (in_axes=None) instead of being materialised at full size.

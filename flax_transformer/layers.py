@@ -38,6 +38,7 @@ from flax_transformer.attention import (
     scaled_dot_product_attention,
 )
 from flax_transformer.config import ACTIVATIONS, TransformerConfig
+from flax_transformer.dropout import Dropout
 
 Array = jax.Array
 
@@ -353,7 +354,7 @@ def add_residual(
     inputs: Array,
     sublayer_output: Array,
     *,
-    dropout: nn.Dropout,
+    dropout: Dropout,
     deterministic: bool,
 ) -> Array:
     """x + Dropout(output), then LayerNorm with post-LN."""
@@ -367,7 +368,7 @@ def residual(
     inputs: Array,
     sublayer: Callable[[Array], Array],
     *,
-    dropout: nn.Dropout,
+    dropout: Dropout,
     deterministic: bool,
 ) -> Array:
     """The sub-layer wrapped in its residual connection (and LayerNorm, before or after)."""
@@ -387,7 +388,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.feed_forward_norm = layer_norm(cfg)
         # One Dropout module for every sub-layer: each call draws a fresh mask.
-        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+        self.dropout = Dropout(rate=cfg.dropout_rate)
 
     def __call__(self, inputs: Array, mask: Array | None, deterministic: bool = True) -> Array:
         add_and_norm = functools.partial(
@@ -422,7 +423,7 @@ class DecoderLayer(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.feed_forward_norm = layer_norm(cfg)
         # One Dropout module for every sub-layer: each call draws a fresh mask.
-        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+        self.dropout = Dropout(rate=cfg.dropout_rate)
 
     def __call__(
         self,

@@ -34,6 +34,7 @@ from flax import struct
 
 from flax_transformer import checks, masks
 from flax_transformer.config import TransformerConfig
+from flax_transformer.dropout import Dropout
 from flax_transformer.layers import (
     DecoderLayer,
     EncoderLayer,
@@ -57,7 +58,7 @@ def _embed(
     config: TransformerConfig,
     embedding: TokenEmbedding,
     position_embedding: PositionEmbedding | None,
-    dropout: nn.Dropout,
+    dropout: Dropout,
     tokens: Array,
     positions: Array | None,
     deterministic: bool,
@@ -143,7 +144,7 @@ class _Stack(nn.Module):
         cfg = self.config
         if cfg.positional_encoding == "learned":
             self.position_embedding = PositionEmbedding(cfg)
-        self.dropout = nn.Dropout(rate=cfg.dropout_rate)
+        self.dropout = Dropout(rate=cfg.dropout_rate)
         self.layers = _layer_stack(cfg, self.layer_class, self.num_layers)
         if cfg.norm_position == "pre":
             self.final_norm = layer_norm(cfg)

@@ -288,6 +288,20 @@ def gnmt_length_penalty(length: Array, alpha: Array) -> Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+# What `best_log_probs` aims a block of logits at on CPU: about half a core's L2 cache of float32.
+BLOCK_BYTES = 512 * 1024
+
+
+def block_rows(beam_size: int, vocab: int) -> int:
+    """The rows_per_block `beam_step` gives `best_log_probs`: the largest divisor of beam_size
+    above 1 whose block of float32 logits fits BLOCK_BYTES; else beam_size itself (a block of one
+    row pays `lax.map`'s per-iteration cost once per row, more than a cache miss costs)."""
+    fits = [
+        d for d in range(2, beam_size + 1) if beam_size % d == 0 and d * vocab * 4 <= BLOCK_BYTES
+    ]
+    return max(fits, default=beam_size)
+
+
 def best_log_probs(
     logits: Array, k: int, banned_id: int | None = None, rows_per_block: int = 1
 ) -> tuple[Array, Array]:
@@ -300,10 +314,11 @@ def best_log_probs(
     banned one, if among them, gets -inf. Ties go to the lower token id; tokens whose logits
     differ but whose log-probabilities round to the same float32 rank by their logits.
 
-    rows_per_block (a divisor of rows; beam search passes its beam size): on CPU the rows are
+    rows_per_block (a divisor of rows; beam search passes `block_rows`): on CPU the rows are
     taken that many at a time (`lax.map`), so that a block's logits stay in the processor's
     cache from the top-k to the normaliser; XLA's CPU backend also runs the exp and row sum of
-    a whole [rows, vocab] array slower than of a few rows at a time. It changes no result.
+    a whole [rows, vocab] array slower than of a few rows at a time. It changes no token; a
+    log-probability at most by the rounding of its row's sum (XLA may sum one row in another order).
     """
     vocab = logits.shape[-1]
     n = min(k + (banned_id is not None), vocab)
@@ -457,7 +472,9 @@ def beam_step(
     )
     # The 2 * beam best extensions of a sentence are among the 2 * beam best of each of its
     # hypotheses: only those get a log-probability and enter the sentence's top-k.
-    log_probs, tokens = best_log_probs(logits, 2 * beam_size, banned_id, beam_size)
+    log_probs, tokens = best_log_probs(
+        logits, 2 * beam_size, banned_id, block_rows(beam_size, logits.shape[-1])
+    )
     per_row = log_probs.shape[-1]
     candidates = state.alive_log_probs[:, :, None] + log_probs.reshape(batch, beam_size, per_row)
 

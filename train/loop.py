@@ -55,7 +55,7 @@ from tqdm import tqdm
 from flax_transformer import TransformerConfig
 from flax_transformer.parallel import DataParallel
 from flax_transformer.training import create_train_state, summarize_metrics
-from train import distributed
+from train import distributed, heap
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
 from train.data.batching import process_share
 from train.data.prefetch import Prefetch
@@ -444,9 +444,14 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float], 
     problem: str | None = None
     interval_start, step = time.perf_counter(), run.start_step
     ahead = Prefetch(run.data.train, run.start_step, config.num_train_steps)  # next batches
+    compiled: set[tuple] = set()  # the batch shapes train_step has been compiled for
     with _StopRequest() as stop, progress, ahead:
         for step in range(run.start_step, config.num_train_steps):
             batch = parallel.put_batch(next(ahead))  # this process's rows of the global batch
+            if (shapes := tuple((key, batch[key].shape) for key in sorted(batch))) not in compiled:
+                # Compiling first lets the compiler's freed memory go before the step's own.
+                heap.compile_before_running(parallel.train_step, run.state, batch)
+                compiled.add(shapes)
             run.state, metrics = parallel.train_step(run.state, batch)
             pending.append(metrics)
             progress.update(1)
@@ -477,6 +482,7 @@ def train(run: Run, writer: MetricWriter) -> tuple[int, bool, dict[str, float], 
             step_metrics = None
             if evaluating:
                 validation = step_metrics = _validate(run, writer, done, validation_options)
+                heap.release_freed_memory()  # what compiling the evaluation freed
                 interval_start = time.perf_counter()
                 if not np.isfinite(step_metrics["loss"]):
                     problem = f"the validation loss is {step_metrics['loss']}"

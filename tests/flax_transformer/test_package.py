@@ -101,6 +101,7 @@ STACK = [
     "positional",
     "config",
     "masks",
+    "dropout",
     "attention",
     "layers",
     "search",

@@ -462,6 +462,27 @@ def test_best_log_probs_in_blocks_match_numpy_on_a_large_vocabulary() -> None:
     assert not np.isfinite(log_probs[5]).all() and tokens[5, 0] == banned
 
 
+@pytest.mark.parametrize("rows_per_block", [1, 2, 8])
+def test_best_log_probs_do_not_depend_on_the_block(rows_per_block) -> None:
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((8, 3000)) * 3).astype(np.float32)
+    by_row = jax.tree.map(np.asarray, search.best_log_probs(logits, 8, 0, rows_per_block))
+    whole = jax.tree.map(np.asarray, search.best_log_probs(logits, 8, 0, 4))
+    np.testing.assert_array_equal(by_row[1], whole[1])  # the same tokens
+    np.testing.assert_allclose(by_row[0], whole[0], rtol=1e-6)  # the row sums' rounding
+
+
+def test_block_rows_is_the_largest_divisor_of_the_beam_that_fits_half_an_l2() -> None:
+    assert search.BLOCK_BYTES == 512 * 1024
+    assert search.block_rows(4, 58101) == 2  # 4 rows are 908 KiB, 2 rows 454 KiB
+    assert search.block_rows(4, 8000) == 4
+    assert search.block_rows(6, 58101) == 2
+    assert search.block_rows(8, 16384) == 8 and search.block_rows(8, 16385) == 4
+    assert search.block_rows(5, 58101) == 5  # only 1 fits: the whole beam instead
+    assert search.block_rows(4, 200_000) == 4
+    assert search.block_rows(1, 8000) == 1
+
+
 def test_the_fast_paths_export_with_a_symbolic_batch() -> None:
     """jax.export (train.export) lowers the searches with a symbolic batch: the chunks' and the
     blocks' reshapes must not need its value."""

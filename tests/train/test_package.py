@@ -13,6 +13,7 @@ PACKAGE = ROOT / "train"
 LAYERS = [
     "huge_pages",  # imports nothing of train: the package imports it first
     "huge_pages_status",
+    "heap",  # imports nothing of train
     "data.vocabulary",
     "data.numbers",
     "data.parallel_text",
