@@ -12,8 +12,9 @@ also keeps 16 bits per entry instead of 32.
 
 The price is resolution: an entry is dropped when its 16-bit draw is below round(rate * 2**16),
 so the realised rate is a multiple of 2**-16 (0.1 becomes 0.1000061; 0.25 and 0.5 are exact).
-Kept entries are scaled by 1 / keep_probability(rate), the realised keep probability, so the
-expectation E[dropout(x)] = x holds exactly. The words come from `jax.random.bits` over an
+Kept entries are scaled by 1 / keep_probability(rate), the realised keep probability, so
+E[dropout(x)] = x up to the rounding of that scale in x's dtype (as with any inverted dropout in
+bfloat16). The words come from `jax.random.bits` over an
 array shaped like the mask, so with partitionable threefry (JAX's default) a sharded mask is the
 single-device mask.
 """
