@@ -5,7 +5,8 @@
                  and lifted over the batch with `jax.vmap`
     schedule     lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (paper section 5.3)
     optimizer    Adam with beta1 0.9, beta2 0.98, epsilon 1e-9 (5.3); optional clipping, decay
-    TrainState   params, optimizer state, step and the dropout key: everything a step changes
+    TrainState   params, optimizer state, step and the dropout key: everything a step changes;
+                 optionally an exponential moving average of the params (`ema_decay`)
     train_step   one pure update; `eval_step` the same metrics without the update
 
 A batch is a dict of int32 arrays: "source" [b, s], "decoder_input" [b, t] (start token then the
@@ -27,6 +28,13 @@ non-pad target tokens, so the update is the whole batch's (to float32 summation 
 the activation memory shrinks, to one micro-batch's. fairseq's `--update-freq` does the same to
 reach the paper's ~25k-token batches on few devices.
 
+Parameter EMA (not in the paper, which averages the last checkpoints instead): with
+`create_train_state(..., ema_decay=d)` every update also moves `ema_params` towards the new
+params, ema <- ema + (1 - d_t) (params - ema), where d_t = min(d, (1 + t) / (10 + t)) after update
+t (tf.train.ExponentialMovingAverage's ramp: early on, when the params move fast, the average
+spans about t / 9 updates; later 1 / (1 - d)). The average starts at the initial params and
+never feeds back into training; evaluate it instead of the params (`evaluation_params`).
+
 Mixed precision: with `TransformerConfig.dtype` "bfloat16" the model computes in bfloat16 but
 params, gradients, optimizer state, softmax, logits and the loss stay float32 (see the config's
 docstring); nothing here changes with the dtype.
@@ -42,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from flax_transformer import checks
@@ -274,13 +283,43 @@ def make_optimizer(
 # ---------------------------------------------------------------------------------------------
 # Train state and steps
 # ---------------------------------------------------------------------------------------------
+def ema_decay_at(decay: float, updates: Array) -> Array:
+    """The EMA's decay after `updates` updates (1, 2, ...): min(decay, (1 + t) / (10 + t))."""
+    t = jnp.asarray(updates, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
+
+
 class TrainState(train_state.TrainState):
     """flax's TrainState (step, params, optimizer state; apply_fn and tx static) plus the key
     that dropout is drawn from. The key is raw uint32 key data so checkpoints can store it; each
     step folds in the step number (and the device index under pmap), so no key is ever reused.
+
+    With `ema_decay` > 0 (static, like `tx`), `ema_params` is the exponential moving average of
+    the params that `apply_gradients` keeps (see the module doc); otherwise it is None.
     """
 
     dropout_key: Array
+    ema_params: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
+        new = super().apply_gradients(grads=grads, **kwargs)
+        if self.ema_params is None:
+            return new
+        keep = ema_decay_at(self.ema_decay, new.step)
+        # ema + (1 - keep) (params - ema) rather than keep * ema + (1 - keep) * params: exact
+        # when they are equal, and without the cancellation of two large products.
+        ema = jax.tree.map(
+            lambda average, param: average + (1.0 - keep) * (param - average),
+            self.ema_params,
+            new.params,
+        )
+        return new.replace(ema_params=ema)
+
+
+def evaluation_params(state: TrainState) -> Any:
+    """The params to evaluate and decode with: the EMA when the state keeps one, else the params."""
+    return state.params if state.ema_params is None else state.ema_params
 
 
 @functools.lru_cache(maxsize=32)
@@ -294,8 +333,13 @@ def create_train_state(
     config: TransformerConfig,
     optimizer: optax.GradientTransformation,
     rng: Array,
+    *,
+    ema_decay: float = 0.0,
 ) -> TrainState:
-    """Initialise params from `rng` and wrap them with `optimizer` into a TrainState."""
+    """Initialise params from `rng` and wrap them with `optimizer` into a TrainState; with
+    `ema_decay` in (0, 1) the state also keeps an EMA of the params, starting at them."""
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {ema_decay}")
     params_key, dropout_key = jax.random.split(rng)
     params = init_params(config, params_key)
     return TrainState.create(
@@ -303,6 +347,10 @@ def create_train_state(
         params=params,
         tx=optimizer,
         dropout_key=jax.random.key_data(dropout_key),
+        # A copy, not the same arrays: a step donates the state, and one buffer cannot be
+        # donated twice.
+        ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
+        ema_decay=float(ema_decay),
     )
 
 

@@ -5,6 +5,8 @@ A checkpoint is one orbax step directory `<workdir>/checkpoints/<step>/` with th
     params       the parameter tree alone: readable with the model config only (evaluation,
                  translation, fine-tuning need no optimizer)
     train_state  the rest of the TrainState: step, optimizer state, dropout key (resuming)
+    ema_params   the moving average of the params, in runs that keep one (config.ema_decay):
+                 what evaluation and translation read by default (`restore_params`)
     config       JSON: the model config (TransformerConfig fields) and the training config
     data         JSON: the input pipeline position. Batches are a pure function of (seed, step), so
                  the position is the number of batches consumed; resuming reads batch `step` next.
@@ -40,6 +42,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from flax_transformer.config import TransformerConfig
@@ -135,7 +138,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,
-            item_names=("params", "train_state", "state", "config", "data"),
+            item_names=("params", "train_state", "ema_params", "state", "config", "data"),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -157,14 +160,17 @@ class Checkpointer:
         """Start saving (asynchronously); returns False if a checkpoint of `step` exists."""
         if step in self.manager.all_steps():
             return False
+        items = {
+            "params": ocp.args.StandardSave(state.params),
+            "train_state": ocp.args.StandardSave(_optimizer_part(state)),
+            "config": ocp.args.JsonSave(dict(config)),
+            "data": ocp.args.JsonSave(dict(data_position)),
+        }
+        if getattr(state, "ema_params", None) is not None:
+            items["ema_params"] = ocp.args.StandardSave(state.ema_params)
         return self.manager.save(
             step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                train_state=ocp.args.StandardSave(_optimizer_part(state)),
-                config=ocp.args.JsonSave(dict(config)),
-                data=ocp.args.JsonSave(dict(data_position)),
-            ),
+            args=ocp.args.Composite(**items),
             metrics=dict(metrics) if metrics is not None else None,
             force=True,
         )
@@ -191,8 +197,15 @@ class Checkpointer:
         items = self._items(self._step_or_latest(step))
         return "params" in items and "train_state" not in items and "state" not in items
 
-    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
-        """The params of checkpoint `step` (the latest by default), of any kind.
+    def holds_ema(self, step: int | None = None) -> bool:
+        """Whether checkpoint `step` keeps a moving average of the params (`ema_params`)."""
+        return "ema_params" in self._items(self._step_or_latest(step))
+
+    def restore_params(
+        self, abstract_params: Any, step: int | None = None, *, raw: bool = False
+    ) -> Any:
+        """The params of checkpoint `step` (the latest by default), of any kind: its moving
+        average of the params where it keeps one (`holds_ema`) unless `raw`.
 
         `abstract_params` gives their structure, shapes and dtypes: `jax.eval_shape` of
         `init_params(model_config, key)` (see `abstract_like`); no optimizer is needed.
@@ -201,10 +214,11 @@ class Checkpointer:
         if "state" in self._items(step):  # the earlier layout: the whole TrainState in one item
             target = {"params": abstract_params}
             return self._restore_earlier_layout(step, target, partial=True)["state"]["params"]
+        item = "params" if raw or not self.holds_ema(step) else "ema_params"
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)})
         )
-        return restored["params"]
+        return restored[item]
 
     def read_config(self, step: int | None = None) -> dict[str, Any]:
         """The config JSON stored with a checkpoint (the latest by default)."""
@@ -236,7 +250,10 @@ class Checkpointer:
         """Restore (state, data_position) of `step` (the latest by default).
 
         `abstract_state` gives the structure, shapes, dtypes and shardings to restore into
-        (e.g. `jax.eval_shape` of the state constructor).
+        (e.g. `jax.eval_shape` of the state constructor). A target with `ema_params` (a run
+        that keeps an EMA) gets the checkpoint's, or, from a checkpoint without one (the EMA
+        turned on when resuming), a copy of the restored params to start the average from; a
+        target without reads the params only.
         """
         step = self._step_or_latest(step)
         if self.holds_params_only(step):
@@ -246,18 +263,26 @@ class Checkpointer:
                 "not resumed; train in a new --workdir"
             )
         data = ocp.args.JsonRestore()
-        if "state" in self._items(step):  # the earlier layout
-            restored = self._restore_earlier_layout(step, abstract_state, partial=False)
-            return restored["state"], dict(restored["data"])
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                train_state=ocp.args.StandardRestore(_optimizer_part(abstract_state)),
-                data=data,
-            ),
-        )
+        ema_target = getattr(abstract_state, "ema_params", None)
+        if "state" in self._items(step):  # the earlier layout, from before EMAs
+            target = {"params": abstract_state.params, **_optimizer_part(abstract_state)}
+            restored = self._restore_earlier_layout(step, target, partial=False)
+            state = abstract_state.replace(**restored["state"])
+            if ema_target is not None:
+                state = state.replace(ema_params=_ema_or_copy(None, state.params))
+            return state, dict(restored["data"])
+        items = {
+            "params": ocp.args.StandardRestore(abstract_state.params),
+            "train_state": ocp.args.StandardRestore(_optimizer_part(abstract_state)),
+            "data": data,
+        }
+        if ema_target is not None and self.holds_ema(step):
+            items["ema_params"] = ocp.args.StandardRestore(ema_target)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         state = abstract_state.replace(params=restored["params"], **restored["train_state"])
+        if ema_target is not None:
+            ema = restored["ema_params"] if "ema_params" in items else None
+            state = state.replace(ema_params=_ema_or_copy(ema, state.params))
         return state, dict(restored["data"])
 
     def _restore_earlier_layout(self, step: int, target: Any, *, partial: bool) -> Any:
@@ -387,6 +412,13 @@ def abstract_like(tree: Any) -> Any:
         return struct
 
     return jax.tree.map(leaf, tree)
+
+
+def _ema_or_copy(ema: Any, params: Any) -> Any:
+    """The restored EMA, or where the checkpoint has none a copy of the restored params to
+    start it from (a copy: a train step donates the state, and one buffer cannot be donated
+    twice)."""
+    return jax.tree.map(jnp.copy, params) if ema is None else ema
 
 
 def _optimizer_part(state: Any) -> dict[str, Any]:

@@ -44,18 +44,13 @@ def main(argv: list[str]) -> int:
         score,
         translate_batches,
     )
-    from train.workdir import load_run
 
     tfds.disable_progress_bar()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     compilation_cache.enable_from_flags()
     options = inference_flags.options()
-    run = load_run(
-        inference_flags.WORKDIR.value,
-        step=inference_flags.STEP.value,
-        average_last=inference_flags.AVERAGE_LAST.value,
-    )
+    run = inference_flags.trained_run()
     run.config.eval_batch_size = inference_flags.BATCH_SIZE.value
     role = role_of(run.config, _SPLIT.value)
     vocabulary = run.workdir.vocabulary(run.config)

@@ -254,8 +254,6 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _OUT.value:
         raise app.UsageError("--out is required: the directory to write the translator to")
-    from train.workdir import load_run
-
     options = inference_flags.options()
     attention = None
     if alignment_flags.ALIGNMENTS.value:
@@ -263,11 +261,7 @@ def main(argv: list[str]) -> int:
             layer=parse_index_or_mean(alignment_flags.ALIGNMENT_LAYER.value, "alignment_layer"),
             head=parse_index_or_mean(alignment_flags.ALIGNMENT_HEAD.value, "alignment_head"),
         )
-    run = load_run(
-        inference_flags.WORKDIR.value,
-        step=inference_flags.STEP.value,
-        average_last=inference_flags.AVERAGE_LAST.value,
-    )
+    run = inference_flags.trained_run()
     start = time.perf_counter()
     manifest = export_translator(
         run.model_config,

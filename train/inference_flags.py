@@ -1,7 +1,9 @@
 """Flags shared by `python -m train.evaluate` and `python -m train.translate`: which run and
-checkpoint(s) to read (--workdir, --step, --average_last), and how to decode."""
+checkpoint(s) to read (--workdir, --step, --average_last, --raw_params), and how to decode."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from absl import flags
 
@@ -15,6 +17,12 @@ AVERAGE_LAST = flags.DEFINE_integer(
     1,
     "Average the parameters of the last K checkpoints up to --step (the paper averages the "
     "last 5; the run must have kept them: config.keep_checkpoints).",
+)
+RAW_PARAMS = flags.DEFINE_bool(
+    "raw_params",
+    False,
+    "Of a run that keeps a parameter EMA (config.ema_decay), read the checkpoints' own params "
+    "rather than their moving average (the default).",
 )
 DECODING = flags.DEFINE_enum(
     "decoding", "beam", list(DECODING_METHODS), "Decoding: beam search, greedy or sampling."
@@ -39,6 +47,16 @@ MAX_LENGTH = flags.DEFINE_integer(
 )
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sentences decoded per batch.")
 flags.mark_flag_as_required("workdir")
+
+
+def trained_run() -> Any:
+    """The run (`train.workdir.TrainedRun`) and params that --workdir, --step, --average_last
+    and --raw_params name."""
+    from train.workdir import load_run  # after flag parsing, as the commands import jax
+
+    return load_run(
+        WORKDIR.value, step=STEP.value, average_last=AVERAGE_LAST.value, raw=RAW_PARAMS.value
+    )
 
 
 def options() -> DecodingOptions:

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from flax_transformer import TransformerConfig
 from flax_transformer.parallel import DataParallel
-from flax_transformer.training import create_train_state, summarize_metrics
+from flax_transformer.training import create_train_state, evaluation_params, summarize_metrics
 from train import distributed, heap
 from train.checkpoints import BEST_METRIC, Checkpointer, abstract_like
 from train.data.batching import process_share
@@ -185,7 +185,9 @@ def _initial_state(
     devices' copies)."""
 
     def fresh() -> Any:
-        return create_train_state(model_config, optimizer, jax.random.key(config.seed))
+        return create_train_state(
+            model_config, optimizer, jax.random.key(config.seed), ema_decay=config.ema_decay
+        )
 
     if checkpointer.latest_step() is None:
         state = fresh()
@@ -195,6 +197,8 @@ def _initial_state(
                 raise ValueError(f"{init_from.path} holds a model of another config than this run")
             # Adam's state at step 0 does not depend on the parameter values: only swap them.
             state = state.replace(params=source.params)
+            if state.ema_params is not None:  # the average starts at the params it starts from
+                state = state.replace(ema_params=jax.tree.map(jnp.copy, source.params))
             _log(f"Starting from the params of {init_from.path} ({source.describe()})")
         return state, []
     target = abstract_like(jax.eval_shape(fresh))
@@ -228,6 +232,8 @@ def _initial_state(
             "--config.allow_training_changes=True to accept them, or train in a new --workdir)"
         )
     _log(f"Resuming from step {int(state.step)} in {checkpointer.directory}")
+    if config.ema_decay and not checkpointer.holds_ema(step):
+        _log(f"  the checkpoint keeps no parameter EMA: it starts from the params of step {step}")
     for line in accepted:
         _log(f"  changed since the checkpoint: {line}")
     return state, list(position.get("recent_losses", []))
@@ -340,10 +346,12 @@ def evaluate_split(
     params: Any = None,
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Loss and accuracy over `split`; with `options`, BLEU, chrF and exact match of decoding
-    its first `max_examples` examples (0: all). With the run's current params, or `params`."""
+    its first `max_examples` examples (0: all). With the run's current params (their moving
+    average where the run keeps one), or `params`."""
     split = split.first(max_examples)
     if params is None:
-        placed, params = run.state, run.parallel.get_state(run.state).params
+        placed = evaluation_params(run.state)
+        params = run.parallel.get_state(placed)
     else:
         placed = run.parallel.put_state(params)
     rows = _local_rows if distributed.is_multiprocess() else None
@@ -531,15 +539,16 @@ def _validate(
 
 
 def _test_params(run: Run) -> tuple[Any, str]:
-    """(params for the test evaluation, their description): None (the final params) or the
-    average of the last config.average_last checkpoints."""
+    """(params for the test evaluation, their description): None (the final params, or their
+    moving average) or the average of the last config.average_last checkpoints."""
+    final = "the final params' moving average" if run.config.ema_decay else "the final params"
     if run.config.average_last == 1:
-        return None, "the final params"
+        return None, final
     try:
         averaged = load_run(run.workdir, average_last=run.config.average_last)
     except ValueError as error:  # checkpoints deleted meanwhile: still report a test score
-        _log(f"Not averaging checkpoints ({error}); testing the final params")
-        return None, "the final params"
+        _log(f"Not averaging checkpoints ({error}); testing {final}")
+        return None, final
     return averaged.params, f"params: {averaged.describe()}"
 
 

@@ -860,8 +860,6 @@ def _print(message: str) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from train.workdir import load_run
-
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     _check_flags()
@@ -871,11 +869,7 @@ def main(argv: list[str]) -> int:
     # until the warm-up is done.
     sock = listening_socket(_HOST.value, _PORT.value)
     compilation_cache.enable_from_flags()
-    run = load_run(
-        inference_flags.WORKDIR.value,
-        step=inference_flags.STEP.value,
-        average_last=inference_flags.AVERAGE_LAST.value,
-    )
+    run = inference_flags.trained_run()
     vocabulary = run.workdir.vocabulary(run.config)
     translator = Translator(
         run,

@@ -69,6 +69,7 @@ _FINITE = (  # floats that must be real numbers (a NaN passes every comparison's
     "pack_fill",
     "length_penalty",
     "divergence_factor",
+    "ema_decay",
 )
 # Paths of the config: made absolute once (`absolute_paths`), so that config.json names the same
 # files from any directory.
@@ -104,6 +105,7 @@ RESUMABLE_CHANGES = (
     "token_store_workers",
     "init_from",
     "divergence_factor",
+    "ema_decay",  # the average never feeds back into training
     "allow_training_changes",
 )
 
@@ -131,6 +133,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for name in ("adam_b1", "adam_b2"):
         if not 0.0 <= config[name] < 1.0:
             raise ValueError(f"config.{name} must be in [0, 1), got {config[name]}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay must be in [0, 1) (0: none), got {config.ema_decay}")
     if not config.adam_eps > 0:
         raise ValueError(f"config.adam_eps must be positive, got {config.adam_eps}")
     if not (config.divergence_factor == 0 or config.divergence_factor > 1):

@@ -353,8 +353,6 @@ def _write_all(stream, data: bytes) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from train.workdir import load_run
-
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if _INPUT.value == "-":
@@ -374,11 +372,7 @@ def main(argv: list[str]) -> int:
             attention=_ATTENTION.value,
         )
     compilation_cache.enable_from_flags()
-    run = load_run(
-        inference_flags.WORKDIR.value,
-        step=inference_flags.STEP.value,
-        average_last=inference_flags.AVERAGE_LAST.value,
-    )
+    run = inference_flags.trained_run()
     config = run.model_config
     selection = None
     if alignment_options is not None:

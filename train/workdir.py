@@ -258,11 +258,13 @@ class TrainedRun:
     model_config: TransformerConfig
     params: Any
     steps: list[int]  # the checkpoint step(s) the params come from
+    ema: bool = False  # the params are (the average of) the checkpoints' parameter EMAs
 
     def describe(self) -> str:
+        kind = "the parameter EMA of " if self.ema else ""
         if len(self.steps) == 1:
-            return f"checkpoint {self.steps[0]}"
-        return f"the average of checkpoints {', '.join(map(str, self.steps))}"
+            return f"{kind}checkpoint {self.steps[0]}"
+        return f"the average of {kind}checkpoints {', '.join(map(str, self.steps))}"
 
 
 def average_params(trees: list[Any]) -> Any:
@@ -308,11 +310,13 @@ def load_run(
     *,
     step: int | None = None,
     average_last: int = 1,
+    raw: bool = False,
     warn: Callable[[str], None] = _warn_on_stderr,
 ) -> TrainedRun:
     """The run in `workdir` with the params of checkpoint `step` (default: the latest readable
     one; each newer unreadable one is reported through `warn`), or the average of the
-    `average_last` checkpoints up to it.
+    `average_last` checkpoints up to it. Of a run that keeps a parameter EMA
+    (config.ema_decay), the checkpoints' EMAs unless `raw`.
 
     Raises:
       FileNotFoundError: no config or no checkpoint (or not `step`) in the workdir.
@@ -329,7 +333,7 @@ def load_run(
 
         def read(each: int) -> Any:
             checkpointer.check_model_config(model_config, each)
-            return checkpointer.restore_params(target, each)
+            return checkpointer.restore_params(target, each, raw=raw)
 
         steps = _checkpoint_steps(checkpointer, step, average_last)
         if step is None and average_last == 1:
@@ -345,5 +349,6 @@ def load_run(
                     raise UnreadableCheckpointError(
                         f"{error}; the other checkpoints: {others or 'none'}"
                     ) from None
+        ema = not raw and all(checkpointer.holds_ema(each) for each in steps)
     params = trees[0] if len(trees) == 1 else average_params(trees)
-    return TrainedRun(workdir, config, model_config, params, steps)
+    return TrainedRun(workdir, config, model_config, params, steps, ema)

@@ -283,6 +283,57 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_run_resumes_exactl
     assert_trees_identical(restored_state(finished_run, 12), restored_state(workdir, 12))
 
 
+def saved_ema(workdir: str, step: int) -> dict:
+    """The moving average of the params saved with a checkpoint (numpy)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.join(workdir, "checkpoints", str(step), "ema_params"))
+
+
+def validation_losses(workdir: str) -> list[float]:
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    return [r["loss"] for r in records if r["split"] == "validation"]
+
+
+def test_a_parameter_ema_is_evaluated_saved_and_resumed_exactly(
+    data_dir: str, finished_run: str, tmp_path, capsys
+) -> None:
+    from train.loop import train_and_evaluate
+    from train.workdir import load_run
+
+    with_ema = str(tmp_path / "ema")
+    train_and_evaluate(tiny_config(data_dir, ema_decay=0.9), with_ema)
+    # The average never feeds back: params and optimizer state are those of the run without.
+    assert_trees_identical(restored_state(finished_run, 12), restored_state(with_ema, 12))
+    # What is evaluated is the average: the same params, other validation losses.
+    plain_losses, ema_losses = validation_losses(finished_run), validation_losses(with_ema)
+    assert len(ema_losses) == len(plain_losses) == 2
+    differ = [a != b for a, b in zip(plain_losses, ema_losses, strict=True)]
+    assert all(differ), (plain_losses, ema_losses)
+    run = load_run(with_ema)
+    assert run.ema and run.describe() == "the parameter EMA of checkpoint 12"
+    assert_trees_identical(run.params, saved_ema(with_ema, 12))
+    raw = load_run(with_ema, raw=True)
+    assert not raw.ema and raw.describe() == "checkpoint 12"
+    assert_trees_identical(raw.params, restored_state(finished_run, 12)["params"])
+
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(with_ema, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))
+    train_and_evaluate(tiny_config(data_dir, ema_decay=0.9), resumed)  # from step 6
+    assert_trees_identical(saved_ema(with_ema, 12), saved_ema(resumed, 12))
+
+    late = str(tmp_path / "late")  # the average turned on when resuming a run without one
+    shutil.copytree(finished_run, late)
+    shutil.rmtree(os.path.join(late, "checkpoints", "12"))
+    capsys.readouterr()
+    train_and_evaluate(tiny_config(data_dir, ema_decay=0.9), late)
+    output = capsys.readouterr().out
+    assert "changed since the checkpoint: ema_decay: 0.0 -> 0.9" in output, output
+    assert "the checkpoint keeps no parameter EMA: it starts from the params of step 6" in output
+    assert_trees_identical(restored_state(finished_run, 12), restored_state(late, 12))
+    assert load_run(late).ema
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(data_dir: str, tmp_path) -> None:
     workdir = str(tmp_path)
     process = subprocess.Popen(

@@ -25,7 +25,9 @@ from flax_transformer import Transformer, TransformerConfig
 from flax_transformer.training import (
     batch_loss_sums,
     create_train_state,
+    ema_decay_at,
     eval_step,
+    evaluation_params,
     example_loss,
     make_optimizer,
     summarize_metrics,
@@ -541,6 +543,53 @@ def test_create_train_state_splits_the_key_as_documented(sgd_state):
     legacy = create_train_state(NO_DROPOUT, optax.sgd(SGD_LR), jax.random.PRNGKey(0))
     np.testing.assert_array_equal(legacy.dropout_key, sgd_state.dropout_key)
     chex.assert_trees_all_equal(legacy.params, sgd_state.params)
+
+
+def test_ema_decay_ramps_as_tensorflows_and_stops_at_the_cap():
+    """d_t = min(decay, (1 + t) / (10 + t)), worked by hand."""
+    ramp = np.asarray(ema_decay_at(0.95, jnp.array([1, 8, 90, 190, 10_000])))
+    np.testing.assert_allclose(ramp, [2 / 11, 0.5, 0.91, 0.95, 0.95], rtol=1e-6)
+
+
+def test_the_ema_follows_the_recursion_and_never_feeds_back(sgd_state, batch):
+    """Four SGD steps with an EMA: the params are bit-identical to those of a state without
+    one, and the EMA is ema_t = ema_{t-1} + (1 - d_t) (params_t - ema_{t-1}) from the initial
+    params, computed here in float64."""
+    decay = 0.3  # low, so that the cap is reached within the steps (d_1 = 2/11, d_2 = 0.25)
+    state = create_train_state(NO_DROPOUT, optax.sgd(SGD_LR), jax.random.key(0), ema_decay=decay)
+    chex.assert_trees_all_equal(state.ema_params, sgd_state.params)
+    plain, expected = sgd_state, jax.tree.map(np.float64, host(sgd_state.params))
+    for t in range(1, 5):
+        state, _ = jit_train_step(state, batch)
+        plain, _ = jit_train_step(plain, batch)
+        keep = min(decay, (1 + t) / (10 + t))
+        expected = jax.tree.map(
+            lambda ema, p, keep=keep: ema + (1 - keep) * (np.float64(p) - ema),
+            expected,
+            host(plain.params),
+        )
+    chex.assert_trees_all_equal(state.params, plain.params)
+    moved = max(
+        float(np.abs(np.float64(e) - np.float64(p)).max())
+        for e, p in zip(jax.tree.leaves(expected), jax.tree.leaves(plain.params), strict=True)
+    )
+    assert moved > 1e-3  # the average lags the params: a copy of them would fail below
+    chex.assert_trees_all_close(host(state.ema_params), expected, rtol=1e-5, atol=1e-7)
+    assert evaluation_params(state) is state.ema_params
+    assert evaluation_params(plain) is plain.params
+
+
+def test_without_an_ema_the_state_is_the_plain_one(sgd_state):
+    assert sgd_state.ema_params is None and sgd_state.ema_decay == 0.0
+    with_ema = create_train_state(NO_DROPOUT, optax.sgd(SGD_LR), jax.random.key(0), ema_decay=0.5)
+    params_leaves = len(jax.tree.leaves(sgd_state.params))
+    assert len(jax.tree.leaves(with_ema)) == len(jax.tree.leaves(sgd_state)) + params_leaves
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, float("nan")])
+def test_an_ema_decay_outside_zero_to_one_is_refused(decay):
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\) \(0: no EMA\), got"):
+        create_train_state(NO_DROPOUT, optax.sgd(SGD_LR), jax.random.key(0), ema_decay=decay)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,20 @@ def _assert_same(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(left), np.asarray(right))
 
 
+def _save_earlier_layout(directory, step: int, state: State) -> None:
+    """A checkpoint as written before params were stored apart: one `state` item."""
+    with ocp.CheckpointManager(directory, item_names=("state", "config", "data")) as manager:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave({"model": {}}),
+                data=ocp.args.JsonSave({"step": step, "seed": 0}),
+            ),
+        )
+        manager.wait_until_finished()
+
+
 def test_params_are_stored_apart_and_read_without_the_optimizer(tmp_path) -> None:
     state = _state(2.0)
     with Checkpointer(tmp_path) as checkpointer:
@@ -60,22 +74,67 @@ def test_checkpoints_of_the_earlier_layout_still_load(tmp_path) -> None:
     """Before: one `state` item held the whole TrainState. Its params read with the model's
     shapes alone; resuming restores the whole state."""
     state = _state(3.0)
-    with ocp.CheckpointManager(tmp_path, item_names=("state", "config", "data")) as manager:
-        manager.save(
-            5,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave({"model": {}}),
-                data=ocp.args.JsonSave({"step": 5, "seed": 0}),
-            ),
-        )
-        manager.wait_until_finished()
+    _save_earlier_layout(tmp_path, 5, state)
     with Checkpointer(tmp_path) as checkpointer:
         _assert_same(checkpointer.restore_params(abstract_like(state.params), 5), state.params)
         restored, position = checkpointer.restore(abstract_like(_state()), 5)
         _assert_same(restored, state)
         assert position == {"step": 5, "seed": 0}
         assert not checkpointer.holds_params_only(5)
+
+
+@struct.dataclass
+class EmaState(State):
+    """A TrainState of a run that keeps a moving average of its params."""
+
+    ema_params: dict | None = None
+
+
+def _ema_state(scale: float = 1.0) -> EmaState:
+    state = _state(scale)
+    ema = {name: value + 0.5 for name, value in state.params.items()}
+    return EmaState(state.step, state.params, state.opt_state, state.dropout_key, ema)
+
+
+def test_the_ema_is_an_item_of_its_own_read_by_default_for_evaluation(tmp_path) -> None:
+    state = _ema_state(2.0)
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(3, state, config={"model": {}}, data_position={"step": 3, "seed": 0})
+        checkpointer.wait()
+        items = {name for name in os.listdir(tmp_path / "3") if (tmp_path / "3" / name).is_dir()}
+        assert items == {"config", "data", "params", "train_state", "ema_params"}
+        assert checkpointer.holds_ema(3)
+        target = abstract_like(state.params)
+        _assert_same(checkpointer.restore_params(target, 3), state.ema_params)
+        _assert_same(checkpointer.restore_params(target, 3, raw=True), state.params)
+        restored, _ = checkpointer.restore(abstract_like(_ema_state()), 3)
+        _assert_same(restored, state)
+        # EMA turned off when resuming: the rest of the state, the average left unread.
+        restored, _ = checkpointer.restore(abstract_like(_state()), 3)
+        _assert_same(restored, _state(2.0))
+
+
+def test_an_ema_turned_on_when_resuming_starts_from_the_restored_params(tmp_path) -> None:
+    state = _state(3.0)
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(4, state, config={"model": {}}, data_position={"step": 4, "seed": 0})
+        checkpointer.wait()
+        assert not checkpointer.holds_ema(4)
+        _assert_same(checkpointer.restore_params(abstract_like(state.params), 4), state.params)
+        restored, _ = checkpointer.restore(abstract_like(_ema_state()), 4)
+        _assert_same(restored.ema_params, state.params)
+        _assert_same(restored.params, state.params)
+        # Copies: a donating train step may delete one without the other.
+        assert restored.ema_params["w"] is not restored.params["w"]
+
+
+def test_an_ema_turned_on_over_an_earlier_layout_checkpoint(tmp_path) -> None:
+    state = _state(5.0)
+    _save_earlier_layout(tmp_path, 2, state)
+    with Checkpointer(tmp_path) as checkpointer:
+        restored, _ = checkpointer.restore(abstract_like(_ema_state()), 2)
+        _assert_same(restored.params, state.params)
+        _assert_same(restored.ema_params, state.params)
 
 
 def test_imported_params_only_checkpoints(tmp_path) -> None:

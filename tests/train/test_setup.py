@@ -53,6 +53,9 @@ def test_the_shipped_configs_pass(tmp_path) -> None:
         ("clip_norm", -1.0, "config.clip_norm must be >= 0"),
         ("cooldown_fraction", 1.5, r"config.cooldown_fraction must be in \[0, 1\]"),
         ("label_smoothing", 1.0, r"config.label_smoothing must be in \[0, 1\)"),
+        ("ema_decay", 1.0, r"config.ema_decay must be in \[0, 1\) \(0: none\), got 1.0"),
+        ("ema_decay", -0.5, r"config.ema_decay must be in \[0, 1\)"),
+        ("ema_decay", float("nan"), "config.ema_decay must be a finite number"),
         ("average_last", 0, "config.average_last must be positive, got 0"),
         (
             "average_last",

@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.clip_norm = 0.0  # 0 = no clipping
     config.weight_decay = 0.0
     config.label_smoothing = 0.1
+    # An exponential moving average of the params, kept beside them and used for every
+    # evaluation, the test and the saved model (not in the paper, which averages the last
+    # checkpoints instead: average_last); 0 = none. E.g. 0.998 averages about the last 500 steps
+    # (flax_transformer.training, "Parameter EMA").
+    config.ema_decay = 0.0
     config.seed = 0
     # Divergence: at each log step a non-finite loss or gradient norm stops the run (exit status
     # 3, nothing saved over the good checkpoints), and so does a loss above divergence_factor
