@@ -22,7 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from flax_transformer.training import ema_decay_at
+from flax_transformer.training import ema_update
 from train import loop
 from train.configs import multi30k
 from train.data.prefetch import Prefetch
@@ -45,10 +45,9 @@ def main() -> None:
 
     @jax.jit
     def update(averages, params, updates):
-        keeps = [ema_decay_at(decay, updates) for decay in decays]
         return [
-            jax.tree.map(lambda e, p, keep=keep: e + (1.0 - keep) * (p - e), average, params)
-            for keep, average in zip(keeps, averages, strict=True)
+            ema_update(average, params, decay, updates)
+            for decay, average in zip(decays, averages, strict=True)
         ]
 
     averages = [run.parallel.get_state(run.state.params) for _ in decays]

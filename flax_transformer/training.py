@@ -289,6 +289,15 @@ def ema_decay_at(decay: float, updates: Array) -> Array:
     return jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
 
 
+def ema_update(average: Any, params: Any, decay: float, updates: Array) -> Any:
+    """The moving average `average` of params moved towards `params` after update `updates`:
+    average + (1 - d) (params - average), d = `ema_decay_at(decay, updates)`."""
+    keep = ema_decay_at(decay, updates)
+    # Rather than keep * average + (1 - keep) * params: exact when the two are equal, and
+    # without the cancellation of two large products.
+    return jax.tree.map(lambda e, p: e + (1.0 - keep) * (p - e), average, params)
+
+
 class TrainState(train_state.TrainState):
     """flax's TrainState (step, params, optimizer state; apply_fn and tx static) plus the key
     that dropout is drawn from. The key is raw uint32 key data so checkpoints can store it; each
@@ -306,14 +315,7 @@ class TrainState(train_state.TrainState):
         new = super().apply_gradients(grads=grads, **kwargs)
         if self.ema_params is None:
             return new
-        keep = ema_decay_at(self.ema_decay, new.step)
-        # ema + (1 - keep) (params - ema) rather than keep * ema + (1 - keep) * params: exact
-        # when they are equal, and without the cancellation of two large products.
-        ema = jax.tree.map(
-            lambda average, param: average + (1.0 - keep) * (param - average),
-            self.ema_params,
-            new.params,
-        )
+        ema = ema_update(self.ema_params, new.params, self.ema_decay, new.step)
         return new.replace(ema_params=ema)
 
 

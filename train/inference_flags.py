@@ -1,4 +1,4 @@
-"""Flags shared by `python -m train.evaluate` and `python -m train.translate`: which run and
+"""Flags shared by `python -m train.evaluate`, `translate`, `serve` and `export`: which run and
 checkpoint(s) to read (--workdir, --step, --average_last, --raw_params), and how to decode."""
 
 from __future__ import annotations

@@ -261,9 +261,9 @@ class TrainedRun:
     ema: bool = False  # the params are (the average of) the checkpoints' parameter EMAs
 
     def describe(self) -> str:
-        kind = "the parameter EMA of " if self.ema else ""
         if len(self.steps) == 1:
-            return f"{kind}checkpoint {self.steps[0]}"
+            return f"{'the parameter EMA of ' if self.ema else ''}checkpoint {self.steps[0]}"
+        kind = "the parameter EMAs of " if self.ema else ""
         return f"the average of {kind}checkpoints {', '.join(map(str, self.steps))}"
 
 

@@ -312,6 +312,8 @@ def test_a_parameter_ema_is_evaluated_saved_and_resumed_exactly(
     run = load_run(with_ema)
     assert run.ema and run.describe() == "the parameter EMA of checkpoint 12"
     assert_trees_identical(run.params, saved_ema(with_ema, 12))
+    averaged = load_run(with_ema, average_last=2)
+    assert averaged.describe() == "the average of the parameter EMAs of checkpoints 6, 12"
     raw = load_run(with_ema, raw=True)
     assert not raw.ema and raw.describe() == "checkpoint 12"
     assert_trees_identical(raw.params, restored_state(finished_run, 12)["params"])
