@@ -316,7 +316,9 @@ def load_run(
     """The run in `workdir` with the params of checkpoint `step` (default: the latest readable
     one; each newer unreadable one is reported through `warn`), or the average of the
     `average_last` checkpoints up to it. Of a run that keeps a parameter EMA
-    (config.ema_decay), the checkpoints' EMAs unless `raw`.
+    (config.ema_decay), the checkpoints' EMAs unless `raw`; an average over checkpoints of
+    which only some keep one (the EMA turned on mid-run) is of their raw params, said through
+    `warn`.
 
     Raises:
       FileNotFoundError: no config or no checkpoint (or not `step`) in the workdir.
@@ -330,12 +332,27 @@ def load_run(
     config, model_config = workdir.read_config()
     target = abstract_params(model_config)
     with workdir.checkpointer(keep=config.keep_checkpoints) as checkpointer:
+        steps = _checkpoint_steps(checkpointer, step, average_last)
+        # An average is of one kind: EMAs only where every averaged checkpoint keeps one (the
+        # EMA may have been turned on mid-run), else every checkpoint's raw params.
+        with_ema = [each for each in steps if checkpointer.holds_ema(each)]
+        if not raw and len(steps) > 1 and 0 < len(with_ema) < len(steps):
+            without = [each for each in steps if each not in with_ema]
+            lacking = (
+                f"checkpoint {without[0]} keeps"
+                if len(without) == 1
+                else f"checkpoints {', '.join(map(str, without))} keep"
+            )
+            warn(
+                f"{lacking} no parameter EMA: averaging the raw params of checkpoints "
+                f"{', '.join(map(str, steps))}"
+            )
+            raw = True
 
         def read(each: int) -> Any:
             checkpointer.check_model_config(model_config, each)
             return checkpointer.restore_params(target, each, raw=raw)
 
-        steps = _checkpoint_steps(checkpointer, step, average_last)
         if step is None and average_last == 1:
             newest, tree = checkpointer.newest_readable(read, warn=warn)
             steps, trees = [newest], [tree]

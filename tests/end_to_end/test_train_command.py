@@ -334,6 +334,22 @@ def test_a_parameter_ema_is_evaluated_saved_and_resumed_exactly(
     assert "the checkpoint keeps no parameter EMA: it starts from the params of step 6" in output
     assert_trees_identical(restored_state(finished_run, 12), restored_state(late, 12))
     assert load_run(late).ema
+    # Checkpoint 6 keeps no EMA and 12 does: an average of the two is of their raw params.
+    warnings: list[str] = []
+    mixed = load_run(late, average_last=2, warn=warnings.append)
+    assert warnings == [
+        "checkpoint 6 keeps no parameter EMA: averaging the raw params of checkpoints 6, 12"
+    ]
+    assert not mixed.ema and mixed.describe() == "the average of checkpoints 6, 12"
+    raw_6, raw_12 = (restored_state(late, step)["params"] for step in (6, 12))
+    expected = jax.tree.map(
+        lambda a, b: (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2, raw_6, raw_12
+    )
+    jax.tree.map(
+        lambda got, want: np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7),
+        mixed.params,
+        expected,
+    )
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(data_dir: str, tmp_path) -> None:
