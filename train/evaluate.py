@@ -8,7 +8,8 @@ detokenized text against the references, with sacrebleu's signatures.
   --split         validation or test (or the dataset's own name, e.g. test2016)
   --average_last  average the last K checkpoints (the paper averages 5)
   --output        hypotheses file (default: WORKDIR/translations/SPLIT-STEP-DECODING.txt,
-                  SPLIT-STEP-averageK-DECODING.txt with --average_last=K)
+                  SPLIT-STEP-averageK-DECODING.txt with --average_last=K, and -ema before
+                  -DECODING when the params are a parameter EMA)
   --decoding      beam | greedy | sample, with --beam_size, --length_penalty, --temperature,
                   --top_k, --top_p, --seed, --max_length
 """
@@ -65,7 +66,9 @@ def main(argv: list[str]) -> int:
     by_group = exact_match_by_group(hypotheses, split.references, groups) if groups else {}
     sizes = group_sizes(groups)
 
-    output = _OUTPUT.value or run.workdir.translation_path(split.name, run.steps, options.method)
+    output = _OUTPUT.value or run.workdir.translation_path(
+        split.name, run.steps, options.method, ema=run.ema
+    )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as file:
         file.writelines(f"{line}\n" for line in hypotheses)

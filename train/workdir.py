@@ -243,9 +243,16 @@ class Workdir:
             self.checkpoints_dir, keep=keep, set_aside_directory=self.unreadable_checkpoints_dir
         )
 
-    def translation_path(self, split: str, steps: list[int], method: str) -> str:
+    def translation_path(
+        self, split: str, steps: list[int], method: str, *, ema: bool = False
+    ) -> str:
+        """Where `train.evaluate` writes a split's translations by the checkpoint(s) `steps`
+        (`ema`: their parameter EMAs, so that their raw params' file is another)."""
         averaged = f"-average{len(steps)}" if len(steps) > 1 else ""
-        return os.path.join(self.translations_dir, f"{split}-{steps[-1]}{averaged}-{method}.txt")
+        kind = "-ema" if ema else ""
+        return os.path.join(
+            self.translations_dir, f"{split}-{steps[-1]}{averaged}{kind}-{method}.txt"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ def test_layout_is_named_in_one_place(tmp_path) -> None:
     for attribute, name in names.items():
         assert getattr(workdir, attribute) == os.path.join(tmp_path, name)
     assert workdir.translation_path("test", [7], "beam").endswith("translations/test-7-beam.txt")
+    ema = workdir.translation_path("test", [7], "beam", ema=True)
+    assert ema.endswith("translations/test-7-ema-beam.txt")
     averaged = workdir.translation_path("test", [5, 7], "greedy")
     assert averaged.endswith("translations/test-7-average2-greedy.txt")
 
