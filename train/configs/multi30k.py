@@ -10,8 +10,10 @@ test2016.en/.de (the raw Task 1 files of github.com/multi30k/dataset). It defaul
 The small model (d_model 256, 4 heads, 3+3 layers, d_ff 1024, post-LN) with a shared 8,000-piece
 SentencePiece vocabulary, packed batches of about 4,096 source and 4,096 target tokens, the
 paper's Adam and schedule (peak 1.56e-3 after 400 warm-up steps) with a linear cool-down over the
-last third, label smoothing 0.1 and dropout 0.1. Validation BLEU (greedy) every 500 steps; the
-test split is decoded with the paper's beam search (beam 4, length penalty 0.6) at the end.
+last third, label smoothing 0.1 and dropout 0.1, 2,000 steps. A parameter EMA (not in the paper,
+which averages checkpoints) is what validation, the final test and the commands decode.
+Validation BLEU (greedy) every 500 steps; the test split is decoded with the paper's beam search
+(beam 4, length penalty 0.6) at the end.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.pack_length = 64
     config.eval_batch_size = 128
 
-    config.num_train_steps = 2500
+    # 2,000 steps rather than 2,500: test2016 38.04 (the EMA; 38.08 its raw params) in 80% of
+    # the time, against 38.59 after 2,500 steps without the EMA (the README has both runs).
+    config.num_train_steps = 2000
+    # The EMA gives validation BLEU 32.27 instead of 30.69 at step 750 and 35.38 instead of
+    # 33.97 at 1,000; after the cool-down it is level with the params.
+    config.ema_decay = 0.999
     # Warm-up 400 rather than 800 (peak 1.1e-3): validation BLEU 26.1 instead of 20.2 at step 500
     # and test2016 38.6 instead of 36.9 at step 2500 (same seed and number of steps).
     config.warmup_steps = 400
